@@ -1,0 +1,403 @@
+//! PostgreSQL connector on tokio-postgres. Statements are described with the extended protocol
+//! (for exact column types) and run with the simple protocol, whose text results let every
+//! type, including ones Ferry does not know, arrive as a value; cancellation uses PostgreSQL's
+//! cancel request, which needs no second session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, TimeUnit};
+use async_trait::async_trait;
+use ferry_core::{ConnectionUrl, Engine, Error, Result};
+use futures::StreamExt;
+use tokio_postgres::types::Type;
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
+
+use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
+use crate::{
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo, ServerInfo,
+    ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
+};
+
+pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
+    let config: tokio_postgres::Config = url.expose().parse().map_err(|e: tokio_postgres::Error| {
+        Error::InvalidInput(format!("malformed PostgreSQL URL {}: {}", url.redacted(), crate::scrub(&e.to_string(), url)))
+    })?;
+    Ok(Arc::new(PostgresConnector { url: url.clone(), config, options: options.clone() }))
+}
+
+struct PostgresConnector {
+    url: ConnectionUrl,
+    config: tokio_postgres::Config,
+    options: ConnectOptions,
+}
+
+#[async_trait]
+impl Connector for PostgresConnector {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    async fn connect(&self, database: Option<&str>) -> Result<Box<dyn Connection>> {
+        let mut config = self.config.clone();
+        if let Some(db) = database {
+            config.dbname(db);
+        }
+        config.connect_timeout(self.options.connect_timeout);
+        config.application_name("ferry");
+        // ISO dates and UTC make the text form of every date and time unambiguous.
+        config.options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres");
+        let hosts = describe_hosts(&config);
+        let connecting = config.connect(NoTls);
+        let (client, connection) = tokio::time::timeout(self.options.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                Error::Connection(format!(
+                    "could not connect to PostgreSQL at {hosts}: no answer within {}s; check the host, port and firewall",
+                    self.options.connect_timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| Error::Connection(format!("could not connect to PostgreSQL at {hosts}: {}", self.describe(&e))))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        let pid = client
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .map_err(|e| Error::Connection(self.describe(&e)))?
+            .get::<_, i32>(0);
+        Ok(Box::new(PostgresConnection {
+            cancel: Arc::new(PgCanceller(client.cancel_token())),
+            client,
+            pid,
+            in_transaction: false,
+        }))
+    }
+}
+
+impl PostgresConnector {
+    fn describe(&self, e: &tokio_postgres::Error) -> String {
+        crate::scrub(&error_text(e), &self.url)
+    }
+}
+
+fn describe_hosts(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            format!("{host}:{}", ports.get(i).or(ports.first()).copied().unwrap_or(5432))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A driver error in PostgreSQL's own words: severity, message, detail, hint and position.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = db.position() {
+                s.push_str(&format!(" at character {p}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn statement_error(e: tokio_postgres::Error) -> Error {
+    if e.as_db_error().is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        return Error::Cancelled(format!("statement cancelled on the server: {}", error_text(&e)));
+    }
+    if e.as_db_error().is_some() {
+        Error::Engine(error_text(&e))
+    } else {
+        Error::Connection(format!("connection to PostgreSQL lost: {}", error_text(&e)))
+    }
+}
+
+struct PgCanceller(CancelToken);
+
+#[async_trait]
+impl Canceller for PgCanceller {
+    async fn cancel(&self) -> Result<()> {
+        self.0
+            .cancel_query(NoTls)
+            .await
+            .map_err(|e| Error::Connection(format!("could not send the cancel request to PostgreSQL: {e}")))
+    }
+}
+
+struct PostgresConnection {
+    client: Client,
+    cancel: Arc<PgCanceller>,
+    pid: i32,
+    in_transaction: bool,
+}
+
+/// The Arrow type of a PostgreSQL column type; unknown types are carried as text.
+pub fn arrow_type(ty: &Type, type_modifier: i32) -> DataType {
+    match *ty {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 => DataType::Int16,
+        Type::INT4 => DataType::Int32,
+        Type::INT8 | Type::OID => DataType::Int64,
+        Type::FLOAT4 => DataType::Float32,
+        Type::FLOAT8 => DataType::Float64,
+        Type::NUMERIC => {
+            // typmod = ((precision << 16) | scale) + 4; unconstrained numeric stays exact as text.
+            if type_modifier >= 4 {
+                let m = type_modifier - 4;
+                let (p, s) = ((m >> 16) & 0xffff, m & 0xffff);
+                if (1..=38).contains(&p) && s <= p {
+                    return DataType::Decimal128(p as u8, s as i8);
+                }
+            }
+            DataType::Utf8
+        }
+        Type::BYTEA => DataType::Binary,
+        Type::DATE => DataType::Date32,
+        Type::TIME => DataType::Time64(TimeUnit::Microsecond),
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        _ => DataType::Utf8,
+    }
+}
+
+#[async_trait]
+impl Connection for PostgresConnection {
+    async fn test(&mut self) -> Result<ServerInfo> {
+        let started = Instant::now();
+        self.client.simple_query("select 1").await.map_err(statement_error)?;
+        let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let row = self.client.query_one("select version()", &[]).await.map_err(statement_error)?;
+        Ok(ServerInfo { engine: Engine::Postgres, version: row.get(0), round_trip_ms })
+    }
+
+    async fn run<'a>(&'a mut self, sql: &'a str) -> Result<StatementOutput<'a>> {
+        let statement = match self.client.prepare(sql).await {
+            Ok(s) => s,
+            Err(e) => return Err(statement_error(e)),
+        };
+        let columns: Vec<(String, DataType)> = statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_string(), arrow_type(c.type_(), c.type_modifier())))
+            .collect();
+        drop(statement);
+        let in_tx_before = self.in_transaction;
+        let messages = self.client.simple_query_raw(sql).await.map_err(statement_error)?;
+        if columns.is_empty() {
+            let mut affected = 0;
+            futures::pin_mut!(messages);
+            while let Some(m) = messages.next().await {
+                if let SimpleQueryMessage::CommandComplete(n) = m.map_err(statement_error)? {
+                    affected = n;
+                }
+            }
+            self.in_transaction = script::transaction_state_after(Engine::Postgres, sql, in_tx_before);
+            return Ok(StatementOutput::Affected(affected));
+        }
+        let schema = unique_schema(columns);
+        let mut builder = TextBatchBuilder::new(schema.clone(), BinaryText::PgHex);
+        let width = schema.fields().len();
+        let messages = messages.map(|m| m.map_err(statement_error));
+        let batches = crate::batching::batches(messages, move |msg| match msg {
+            Some(SimpleQueryMessage::Row(row)) => {
+                for i in 0..width.min(row.len()) {
+                    builder.append(i, row.get(i).map(str::as_bytes));
+                }
+                builder.end_row();
+                (builder.rows() >= BATCH_ROWS).then(|| builder.finish())
+            }
+            Some(_) => None,
+            None => (builder.rows() > 0).then(|| builder.finish()),
+        });
+        Ok(StatementOutput::Rows { schema, batches })
+    }
+
+    fn canceller(&self) -> Arc<dyn Canceller> {
+        self.cancel.clone()
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    fn is_healthy(&self) -> bool {
+        !self.client.is_closed()
+    }
+
+    async fn databases(&mut self) -> Result<Vec<String>> {
+        let rows = query_strings(self, "select datname from pg_database where not datistemplate and datallowconn order by 1").await?;
+        Ok(rows.into_iter().filter_map(|mut r| r.remove(0)).collect())
+    }
+
+    async fn tables(&mut self) -> Result<Vec<TableInfo>> {
+        let rows = query_strings(
+            self,
+            "select n.nspname, c.relname, \
+               case c.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'f' then 'foreign table' else 'table' end, \
+               case when c.reltuples < 0 then null else c.reltuples::int8 end, pg_total_relation_size(c.oid) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where c.relkind in ('r','p','v','m','f') and n.nspname not in ('pg_catalog','information_schema') \
+               and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%' \
+             order by 1, 2",
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TableInfo {
+                schema: r[0].clone(),
+                name: r[1].clone().unwrap_or_default(),
+                kind: r[2].clone().unwrap_or_default(),
+                row_estimate: r[3].as_deref().and_then(|v| v.parse().ok()),
+                size_bytes: r[4].as_deref().and_then(|v| v.parse().ok()),
+                ttl_secs: None,
+            })
+            .collect())
+    }
+
+    async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail> {
+        let filter = match schema {
+            Some(s) => format!("n.nspname = {} and c.relname = {}", literal(s), literal(name)),
+            None => format!("c.relname = {} and pg_table_is_visible(c.oid)", literal(name)),
+        };
+        let found = query_strings(
+            self,
+            &format!("select c.oid::int8, n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where {filter} and c.relkind in ('r','p','v','m','f') limit 1"),
+        )
+        .await?;
+        let Some(row) = found.into_iter().next() else {
+            return Err(Error::NotFound(format!(
+                "table {} not found; list tables with `ferry schema INSTANCE`",
+                qualified(schema, name)
+            )));
+        };
+        let oid = row[0].clone().unwrap_or_default();
+        let columns = query_strings(
+            self,
+            &format!(
+                "select a.attname, format_type(a.atttypid, a.atttypmod), (not a.attnotnull)::text, pg_get_expr(d.adbin, d.adrelid), a.atttypid::int8, a.atttypmod \
+                 from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum \
+                 where a.attrelid = {oid} and a.attnum > 0 and not a.attisdropped order by a.attnum"
+            ),
+        )
+        .await?;
+        let indexes = query_strings(
+            self,
+            &format!(
+                "select i.relname, ix.indisunique::text, ix.indisprimary::text, \
+                   array_to_string(array(select pg_get_indexdef(ix.indexrelid, k + 1, true) from generate_series(0, ix.indnkeyatts - 1) k order by k), ',') \
+                 from pg_index ix join pg_class i on i.oid = ix.indexrelid where ix.indrelid = {oid} order by 1"
+            ),
+        )
+        .await?;
+        let mut primary_key = Vec::new();
+        let indexes = indexes
+            .into_iter()
+            .map(|r| {
+                let cols: Vec<String> = r[3].clone().unwrap_or_default().split(',').map(str::to_string).collect();
+                if r[2].as_deref() == Some("true") {
+                    primary_key = cols.clone();
+                }
+                IndexInfo { name: r[0].clone().unwrap_or_default(), columns: cols, unique: r[1].as_deref() == Some("true") }
+            })
+            .collect();
+        Ok(TableDetail {
+            schema: row[1].clone(),
+            name: name.to_string(),
+            columns: columns
+                .into_iter()
+                .map(|r| {
+                    let oid: u32 = r[4].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let typmod: i32 = r[5].as_deref().and_then(|v| v.parse().ok()).unwrap_or(-1);
+                    let ty = Type::from_oid(oid).unwrap_or(Type::UNKNOWN);
+                    ColumnInfo {
+                        name: r[0].clone().unwrap_or_default(),
+                        data_type: r[1].clone().unwrap_or_default(),
+                        arrow_type: arrow_type(&ty, typmod).to_string(),
+                        nullable: r[2].as_deref() == Some("true"),
+                        default: r[3].clone(),
+                    }
+                })
+                .collect(),
+            primary_key,
+            indexes,
+        })
+    }
+
+    async fn server_sessions(&mut self) -> Result<Vec<ServerSession>> {
+        let rows = query_strings(
+            self,
+            "select pid, usename, datname, coalesce(client_addr::text, 'local'), state, query, \
+               extract(epoch from now() - coalesce(query_start, backend_start))::float8 \
+             from pg_stat_activity where backend_type = 'client backend' order by pid",
+        )
+        .await?;
+        Ok(rows.into_iter().map(session_from_row).collect())
+    }
+
+    async fn kill_server_session(&mut self, id: i64) -> Result<()> {
+        let rows = query_strings(self, &format!("select pg_terminate_backend({id})::text")).await?;
+        match rows.first().and_then(|r| r[0].as_deref()) {
+            Some("true") => Ok(()),
+            _ => Err(Error::NotFound(format!("no PostgreSQL session with pid {id}"))),
+        }
+    }
+
+    fn server_session_id(&self) -> Option<i64> {
+        Some(self.pid as i64)
+    }
+
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+}
+
+pub(crate) fn session_from_row(r: Vec<Option<String>>) -> ServerSession {
+    ServerSession {
+        id: r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or_default(),
+        user: r[1].clone(),
+        database: r[2].clone(),
+        client: r[3].clone(),
+        state: r[4].clone(),
+        query: r[5].clone(),
+        running_secs: r[6].as_deref().and_then(|v| v.parse().ok()),
+    }
+}
+
+/// A SQL string literal with quotes doubled (standard_conforming_strings is on since 9.1).
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(s) => format!("\"{s}\".\"{name}\""),
+        None => format!("\"{name}\""),
+    }
+}

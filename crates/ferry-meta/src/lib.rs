@@ -1,1 +1,99 @@
-//! ferry-meta
+//! Ferry's metadata store: instances, policy actions and asynchronous queries behind repository
+//! traits, with one SQL implementation that runs on SQLite (the embedded default) and on
+//! PostgreSQL (for several nodes), embedded migrations, and AES-256-GCM encryption of secrets.
+
+pub mod secret;
+mod sql;
+
+use async_trait::async_trait;
+use ferry_core::Result;
+use serde::{Deserialize, Serialize};
+
+pub use secret::MasterKey;
+pub use sql::SqlStore;
+
+/// A registered instance as stored. `url_secret` is the encrypted URL; only `url_redacted` is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub name: String,
+    pub engine: String,
+    pub environment: String,
+    pub url_redacted: String,
+    pub url_secret: String,
+    /// `InstanceSettings` as JSON.
+    pub settings: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One action a connection policy took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyActionRecord {
+    pub id: String,
+    pub instance: String,
+    pub action: String,
+    pub feature: Option<String>,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// An asynchronous query and where its result is spooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    pub id: String,
+    pub instance: String,
+    pub database: Option<String>,
+    pub sql: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub error: Option<String>,
+    pub rows: i64,
+    pub bytes: i64,
+    /// The spool file, relative to the data directory.
+    pub result_path: Option<String>,
+    /// The result's columns as JSON (`[{"name":…,"type":…}]`) once known.
+    pub columns: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[async_trait]
+pub trait InstanceRepo: Send + Sync {
+    /// Fails with `Conflict` when the name is taken.
+    async fn insert_instance(&self, rec: &InstanceRecord) -> Result<()>;
+    async fn update_instance(&self, rec: &InstanceRecord) -> Result<()>;
+    async fn get_instance(&self, name: &str) -> Result<Option<InstanceRecord>>;
+    async fn list_instances(&self) -> Result<Vec<InstanceRecord>>;
+    /// Returns whether an instance was removed.
+    async fn delete_instance(&self, name: &str) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait PolicyActionRepo: Send + Sync {
+    async fn insert_policy_action(&self, rec: &PolicyActionRecord) -> Result<()>;
+    /// Newest first.
+    async fn list_policy_actions(&self, instance: Option<&str>, limit: i64) -> Result<Vec<PolicyActionRecord>>;
+}
+
+#[async_trait]
+pub trait QueryRepo: Send + Sync {
+    async fn insert_query(&self, rec: &QueryRecord) -> Result<()>;
+    async fn update_query(&self, rec: &QueryRecord) -> Result<()>;
+    async fn get_query(&self, id: &str) -> Result<Option<QueryRecord>>;
+    /// Newest first.
+    async fn list_queries(&self, limit: i64) -> Result<Vec<QueryRecord>>;
+    /// Marks queries left `queued` or `running` by a stopped node as failed; returns how many.
+    async fn fail_unfinished_queries(&self, reason: &str) -> Result<u64>;
+}
+
+/// Everything the server needs from the store.
+pub trait MetaStore: InstanceRepo + PolicyActionRepo + QueryRepo {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,118 @@
+//! The same repository suite on both backends: the embedded SQLite store and PostgreSQL.
+
+use ferry_meta::{InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore, now_ms};
+
+fn instance(name: &str) -> InstanceRecord {
+    InstanceRecord {
+        name: name.into(),
+        engine: "postgres".into(),
+        environment: "dev".into(),
+        url_redacted: "postgres://u:***@h/db".into(),
+        url_secret: "v1:sealed".into(),
+        settings: "{}".into(),
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+    }
+}
+
+async fn suite(store: &dyn MetaStore) {
+    // Instances: insert, conflict, get, update, list, delete.
+    store.insert_instance(&instance("b")).await.unwrap();
+    store.insert_instance(&instance("a")).await.unwrap();
+    let dup = store.insert_instance(&instance("a")).await.unwrap_err();
+    assert_eq!(dup.code(), "conflict");
+    assert!(dup.message().contains("instance \"a\" already exists"), "{dup}");
+    let mut a = store.get_instance("a").await.unwrap().expect("a exists");
+    a.environment = "prod".into();
+    store.update_instance(&a).await.unwrap();
+    assert_eq!(store.get_instance("a").await.unwrap().unwrap().environment, "prod");
+    let names: Vec<_> = store.list_instances().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(store.delete_instance("b").await.unwrap());
+    assert!(!store.delete_instance("b").await.unwrap());
+    assert!(store.get_instance("b").await.unwrap().is_none());
+    assert_eq!(store.update_instance(&instance("missing")).await.unwrap_err().code(), "not_found");
+
+    // Policy actions: newest first, filtered by instance.
+    for (i, inst) in ["a", "a", "c"].iter().enumerate() {
+        store
+            .insert_policy_action(&PolicyActionRecord {
+                id: format!("id{i}"),
+                instance: inst.to_string(),
+                action: "cancel_statement".into(),
+                feature: Some("console".into()),
+                detail: format!("detail {i}"),
+                at_ms: 1000 + i as i64,
+            })
+            .await
+            .unwrap();
+    }
+    let only_a = store.list_policy_actions(Some("a"), 10).await.unwrap();
+    assert_eq!(only_a.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>(), ["detail 1", "detail 0"]);
+    assert_eq!(store.list_policy_actions(None, 2).await.unwrap().len(), 2);
+
+    // Queries: lifecycle and recovery of unfinished ones.
+    let mut q = QueryRecord {
+        id: "q1".into(),
+        instance: "a".into(),
+        database: None,
+        sql: "select 1".into(),
+        status: "queued".into(),
+        error: None,
+        rows: 0,
+        bytes: 0,
+        result_path: None,
+        columns: None,
+        created_at_ms: now_ms(),
+        started_at_ms: None,
+        finished_at_ms: None,
+    };
+    store.insert_query(&q).await.unwrap();
+    q.status = "succeeded".into();
+    q.rows = 42;
+    q.result_path = Some("queries/q1.arrow".into());
+    store.update_query(&q).await.unwrap();
+    assert_eq!(store.get_query("q1").await.unwrap().unwrap(), q);
+    let q2 = QueryRecord { id: "q2".into(), status: "running".into(), ..q.clone() };
+    store.insert_query(&q2).await.unwrap();
+    assert_eq!(store.fail_unfinished_queries("node restarted").await.unwrap(), 1);
+    let q2 = store.get_query("q2").await.unwrap().unwrap();
+    assert_eq!((q2.status.as_str(), q2.error.as_deref()), ("failed", Some("node restarted")));
+    assert_eq!(store.list_queries(10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_store_passes_the_suite_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    suite(&store).await;
+    drop(store);
+    // Reopening applies no migration twice and keeps the data.
+    let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
+    assert!(store.get_instance("a").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn postgres_store_passes_the_suite() {
+    let Some(admin) = ferry_testkit::postgres() else { return };
+    let url = ferry_testkit::fresh_postgres_db(&admin).await;
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    suite(&store).await;
+    let again = SqlStore::open(&url).await.unwrap();
+    assert!(again.get_instance("a").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn unreachable_store_is_explained_without_password() {
+    let err = match SqlStore::open("postgres://u:s3cret@127.0.0.1:1/db").await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a closed port"),
+    };
+    assert_eq!(err.code(), "connection");
+    assert!(err.message().contains("127.0.0.1:1"), "{err}");
+    assert!(!err.message().contains("s3cret"), "{err}");
+    let err = SqlStore::open("mongodb://x").await.err().unwrap();
+    assert_eq!(err.code(), "invalid_input");
+}

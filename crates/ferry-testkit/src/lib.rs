@@ -1,0 +1,107 @@
+//! Finds the real servers integration tests talk to and makes a fresh database on each.
+//! Outside CI a missing server skips the test with a note; with `CI=true` it fails the test,
+//! so a green CI run always means the servers were there.
+//!
+//! Addresses come from `FERRY_TEST_PG`, `FERRY_TEST_MYSQL` and `FERRY_TEST_REDIS`, defaulting
+//! to the loopback servers `scripts/test` starts.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
+pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/0";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn locate(what: &str, var: &str, default: &str) -> Option<String> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let addr = host_port(&url);
+    let reachable = addr
+        .parse::<SocketAddr>()
+        .ok()
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    if in_ci() {
+        panic!("{what} is not reachable at {addr} ({var}); scripts/test installs and starts it");
+    }
+    eprintln!("skipping: {what} is not reachable at {addr}; run scripts/test or set {var}");
+    None
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    host.to_string()
+}
+
+/// The PostgreSQL server for tests (an admin connection URL), if reachable.
+pub fn postgres() -> Option<String> {
+    locate("PostgreSQL", "FERRY_TEST_PG", DEFAULT_PG)
+}
+
+/// The MySQL/MariaDB server for tests, if reachable.
+pub fn mysql() -> Option<String> {
+    locate("MySQL/MariaDB", "FERRY_TEST_MYSQL", DEFAULT_MYSQL)
+}
+
+/// The Redis server for tests, if reachable.
+pub fn redis() -> Option<String> {
+    locate("Redis", "FERRY_TEST_REDIS", DEFAULT_REDIS)
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    format!("{}/{db}{query}", &base[..path_start])
+}
+
+fn fresh_name() -> String {
+    format!("ferry_t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Creates an empty PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_db(admin_url: &str) -> String {
+    let name = fresh_name();
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let task = tokio::spawn(conn);
+    client.batch_execute(&format!("create database {name}")).await.expect("create test database");
+    drop(client);
+    let _ = task.await;
+    with_database(admin_url, &name)
+}
+
+/// Creates an empty MySQL database and returns its URL.
+pub async fn fresh_mysql_db(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = fresh_name();
+    let mut conn = sqlx::MySqlConnection::connect(admin_url).await.expect("connect to the test MySQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let _ = conn.close().await;
+    with_database(admin_url, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(super::with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
+        assert_eq!(super::with_database("mysql://root@h:3306/test?ssl-mode=disabled", "y"), "mysql://root@h:3306/y?ssl-mode=disabled");
+        assert_eq!(super::with_database("postgres://u@h", "z"), "postgres://u@h/z");
+        assert_eq!(super::host_port("postgres://a:b@127.0.0.1:5432/x"), "127.0.0.1:5432");
+    }
+}

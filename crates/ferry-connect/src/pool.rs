@@ -29,7 +29,7 @@ pub struct PolicyAction {
 pub type ActionSink = Arc<dyn Fn(PolicyAction) + Send + Sync>;
 
 /// A snapshot of a pool's counters.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct PoolStats {
     pub max_connections: u32,
     /// Server-side connections open now (in use plus idle).
@@ -379,6 +379,11 @@ impl Lease {
     /// Why a policy took this lease back, if it did.
     pub fn revoked(&self) -> Option<String> {
         self.revocation.reason()
+    }
+
+    /// A handle to the lease's revocation, readable while the connection is borrowed.
+    pub fn revocation(&self) -> Arc<Revocation> {
+        self.revocation.clone()
     }
 
     /// Cancels the running statement on the server once it has run for `limit`; dropping the

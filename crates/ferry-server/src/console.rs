@@ -1,0 +1,371 @@
+//! The SQL console: runs a script statement by statement on one lease and answers with each
+//! statement's result (interactive, row-limited JSON), or streams one statement's full result
+//! as NDJSON, CSV or Arrow IPC with bounded memory.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ferry_connect::pool::{Revocation, RuntimeWatch};
+use ferry_connect::{InstancePool, Lease, StatementOutput, script};
+use ferry_core::{Error, KillPolicy, Result};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::SharedState;
+use crate::encode::{ColumnDto, Format, StreamEncoder, columns_of, json_rows};
+
+/// A console request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One statement or a script of statements separated by `;` (Redis: one command per line).
+    pub sql: String,
+    /// The database to connect to (the URL's own when omitted). Ignored in SQL windows.
+    pub database: Option<String>,
+    /// `json` (default) answers every statement with at most `limit` rows; `ndjson`, `csv` and
+    /// `arrow` stream one statement's full result.
+    #[serde(default)]
+    pub format: Format,
+    /// Row limit: for `json` defaults to the server's interactive limit (1000); for streamed
+    /// formats, no limit unless given.
+    pub limit: Option<usize>,
+    /// Run the remaining statements of a script after one fails.
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDto {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&Error> for ErrorDto {
+    fn from(e: &Error) -> Self {
+        ErrorDto { code: e.code().to_string(), message: e.message().to_string() }
+    }
+}
+
+/// One statement's outcome.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatementResult {
+    pub statement: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<ColumnDto>>,
+    /// Rows as objects keyed by column name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rows: Option<Box<serde_json::value::RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_count: Option<usize>,
+    /// More rows existed than the limit allowed.
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affected: Option<u64>,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDto>,
+}
+
+/// The answer to a JSON console request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScriptResult {
+    pub results: Vec<StatementResult>,
+    /// The SQL window it ran in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Whether the connection is inside a transaction afterwards.
+    pub in_transaction: bool,
+}
+
+/// Checks the request and splits it; nothing has run yet.
+pub fn plan(state: &SharedState, engine: ferry_core::Engine, req: &SqlRequest) -> Result<(Vec<String>, Option<usize>)> {
+    let statements = script::split_statements(engine, &req.sql);
+    if statements.is_empty() {
+        return Err(Error::InvalidInput("no SQL statement given".into()));
+    }
+    let limit = match (req.format, req.limit) {
+        (Format::Json, None) => Some(state.config.row_limit),
+        (Format::Json, Some(n)) if n > state.config.max_interactive_rows || n == 0 => {
+            return Err(Error::InvalidInput(format!(
+                "interactive results hold at most {} rows, {} asked: stream the result with format csv, ndjson or arrow, or submit an async query",
+                state.config.max_interactive_rows,
+                if n == 0 { "unlimited".to_string() } else { n.to_string() }
+            )));
+        }
+        (_, Some(0)) => None,
+        (_, limit) => limit,
+    };
+    if req.format != Format::Json && statements.len() != 1 {
+        return Err(Error::InvalidInput(format!(
+            "streamed formats (ndjson, csv, arrow) take exactly one statement, got {}: use format json for scripts",
+            statements.len()
+        )));
+    }
+    Ok((statements, limit))
+}
+
+fn max_runtime(lease: &Lease) -> Option<Duration> {
+    KillPolicy::duration(lease.pool().policy().max_statement_secs)
+}
+
+/// Explains an error of a statement that a policy cancelled.
+fn explain(e: Error, watch: &RuntimeWatch, pool: &InstancePool, revocation: &Revocation) -> Error {
+    if watch.fired() {
+        Error::Cancelled(format!(
+            "statement cancelled on the server: it ran longer than max_statement_secs = {} of instance \"{}\"",
+            pool.policy().max_statement_secs,
+            pool.name()
+        ))
+    } else if let Some(reason) = revocation.reason() {
+        Error::Cancelled(format!("statement cancelled: {reason}"))
+    } else {
+        e
+    }
+}
+
+/// Runs statements one after another on a lease, keeping at most `limit` rows of each.
+pub async fn run_interactive(
+    state: &SharedState,
+    lease: &mut Lease,
+    statements: Vec<String>,
+    limit: Option<usize>,
+    continue_on_error: bool,
+) -> Vec<StatementResult> {
+    let mut results = Vec::with_capacity(statements.len());
+    let instance = lease.pool().name().to_string();
+    for sql in statements {
+        let started = Instant::now();
+        let outcome = match lease.revoked() {
+            Some(reason) => Err(Error::Cancelled(format!("the SQL window was closed by a policy: {reason}"))),
+            None => {
+                let watch = lease.watch_runtime(max_runtime(lease), "console statement");
+                let (pool, revocation) = (lease.pool().clone(), lease.revocation());
+                let r = run_one(lease, &sql, limit).await;
+                r.map_err(|e| explain(e, &watch, &pool, &revocation))
+            }
+        };
+        let duration = started.elapsed();
+        state.metrics.statement(&instance, outcome.is_ok(), duration);
+        let failed = outcome.is_err();
+        results.push(match outcome {
+            Ok(Outcome::Rows { columns, batches, truncated }) => {
+                let row_count = batches.iter().map(RecordBatch::num_rows).sum();
+                match json_rows(&batches) {
+                    Ok(rows) => StatementResult {
+                        statement: sql,
+                        columns: Some(columns),
+                        rows: Some(rows),
+                        row_count: Some(row_count),
+                        truncated,
+                        affected: None,
+                        duration_ms: ms(duration),
+                        error: None,
+                    },
+                    Err(e) => error_result(sql, duration, &e),
+                }
+            }
+            Ok(Outcome::Affected(n)) => StatementResult {
+                statement: sql,
+                columns: None,
+                rows: None,
+                row_count: None,
+                truncated: false,
+                affected: Some(n),
+                duration_ms: ms(duration),
+                error: None,
+            },
+            Err(e) => {
+                tracing::info!(instance = %instance, code = e.code(), error = %e, "console statement failed");
+                error_result(sql, duration, &e)
+            }
+        });
+        if failed && !continue_on_error {
+            break;
+        }
+    }
+    results
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn error_result(statement: String, duration: Duration, e: &Error) -> StatementResult {
+    StatementResult {
+        statement,
+        columns: None,
+        rows: None,
+        row_count: None,
+        truncated: false,
+        affected: None,
+        duration_ms: ms(duration),
+        error: Some(e.into()),
+    }
+}
+
+enum Outcome {
+    Rows { columns: Vec<ColumnDto>, batches: Vec<RecordBatch>, truncated: bool },
+    Affected(u64),
+}
+
+async fn run_one(lease: &mut Lease, sql: &str, limit: Option<usize>) -> Result<Outcome> {
+    let canceller = lease.conn().canceller();
+    let (schema, mut stream) = match lease.conn().run(sql).await? {
+        StatementOutput::Affected(n) => return Ok(Outcome::Affected(n)),
+        StatementOutput::Rows { schema, batches } => (schema, batches),
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut kept = Vec::new();
+    let mut count = 0usize;
+    let mut truncated = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if count + batch.num_rows() > limit {
+            kept.push(batch.slice(0, limit - count));
+            truncated = true;
+            break;
+        }
+        count += batch.num_rows();
+        kept.push(batch);
+    }
+    drop(stream);
+    if truncated {
+        // Stop the server from producing rows nobody will read.
+        let _ = canceller.cancel().await;
+    }
+    Ok(Outcome::Rows { columns: columns_of(&kept.first().map(|b| b.schema()).unwrap_or(schema)), batches: kept, truncated })
+}
+
+/// Something that owns a lease for as long as a streamed result runs.
+pub trait LeaseHolder: Send + 'static {
+    fn lease(&mut self) -> &mut Lease;
+}
+
+impl LeaseHolder for Lease {
+    fn lease(&mut self) -> &mut Lease {
+        self
+    }
+}
+
+/// Streams one statement's result in a streamed format. The statement starts before the
+/// response does, so an error in it (syntax, missing table) is an ordinary error response.
+pub async fn stream_statement<H: LeaseHolder>(
+    state: SharedState,
+    mut holder: H,
+    sql: String,
+    format: Format,
+    limit: Option<usize>,
+) -> Result<Response> {
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<u64>>>();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let lease = holder.lease();
+        let instance = lease.pool().name().to_string();
+        let started = Instant::now();
+        let watch = lease.watch_runtime(max_runtime(lease), "console statement");
+        let canceller = lease.conn().canceller();
+        let (pool, revocation) = (lease.pool().clone(), lease.revocation());
+        let output = lease.conn().run(&sql).await;
+        let (schema, mut batches) = match output {
+            Err(e) => {
+                let e = explain(e, &watch, &pool, &revocation);
+                state.metrics.statement(&instance, false, started.elapsed());
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+            Ok(StatementOutput::Affected(n)) => {
+                state.metrics.statement(&instance, true, started.elapsed());
+                let _ = ready_tx.send(Ok(Some(n)));
+                return;
+            }
+            Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
+        };
+        let mut encoder = match StreamEncoder::new(format, &schema) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(None));
+        let mut ok = tx.send(Ok(encoder.take())).await.is_ok();
+        let mut remaining = limit.unwrap_or(usize::MAX);
+        let mut failure = None;
+        while ok && remaining > 0 {
+            let Some(batch) = batches.next().await else { break };
+            let batch = match batch {
+                Ok(b) if b.num_rows() > remaining => b.slice(0, remaining),
+                Ok(b) => b,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            remaining -= batch.num_rows();
+            match encoder.encode(&batch) {
+                Ok(bytes) => ok = tx.send(Ok(bytes)).await.is_ok(),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let finished = failure.is_none() && ok && (remaining > 0 || batches.next().await.is_none());
+        drop(batches);
+        if !finished {
+            // Client gone, limit reached or an error: stop the statement on the server.
+            let _ = canceller.cancel().await;
+        }
+        state.metrics.statement(&instance, failure.is_none(), started.elapsed());
+        match failure {
+            Some(e) => {
+                let e = explain(e, &watch, &pool, &revocation);
+                tracing::warn!(instance = %instance, error = %e, "streamed result ended with an error");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            }
+            None if ok => {
+                if let Ok(tail) = encoder.finish() {
+                    let _ = tx.send(Ok(tail)).await;
+                }
+            }
+            None => tracing::info!(instance = %instance, "client stopped reading a streamed result"),
+        }
+    });
+    match ready_rx.await {
+        Ok(Ok(None)) => {
+            let body = Body::from_stream(tokio_stream_from(rx));
+            Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+        }
+        Ok(Ok(Some(affected))) => Ok(axum::Json(serde_json::json!({ "affected": affected })).into_response()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Internal("the statement task ended without an answer".into())),
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Runs a console request on a fresh lease of the instance's pool.
+pub async fn run_request(state: &SharedState, instance: &str, req: SqlRequest) -> Result<Response> {
+    let pool = state.pool(instance).await?;
+    let engine = pool.connector().engine();
+    let (statements, limit) = plan(state, engine, &req)?;
+    let mut lease = pool.acquire(ferry_core::Feature::Console, req.database.as_deref(), "console").await?;
+    if req.format == Format::Json {
+        let results = run_interactive(state, &mut lease, statements, limit, req.continue_on_error).await;
+        let in_transaction = lease.connection().in_transaction();
+        return Ok(axum::Json(ScriptResult { results, session: None, in_transaction }).into_response());
+    }
+    let sql = statements.into_iter().next().unwrap_or_default();
+    stream_statement(state.clone(), lease, sql, req.format, limit).await
+}

@@ -1,1 +1,492 @@
-fn main() {}
+//! The `ferry` binary: `ferry serve` runs the server; every other command is a client of a
+//! running server (`--server`, `FERRY_SERVER`). Exit codes: 0 ok, 1 failed, 2 usage.
+
+mod client;
+mod render;
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Ferry: one service for all your databases")]
+struct Cli {
+    /// The Ferry server to talk to.
+    #[arg(long, global = true, env = "FERRY_SERVER", default_value = "http://127.0.0.1:8420")]
+    server: String,
+    /// How results are printed.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: HTTP API, connection policies, async queries.
+    Serve(ServeArgs),
+    /// Register, list, test and remove database instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Run SQL (or Redis commands) on an instance.
+    Sql(SqlArgs),
+    /// Browse an instance's catalog: tables, or one table's columns and indexes.
+    Schema(SchemaArgs),
+    /// SQL windows: sessions that keep their connection and transaction.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Asynchronous queries whose results are fetched later.
+    #[command(subcommand)]
+    Query(QueryCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8420")]
+    listen: SocketAddr,
+    /// Where metadata, the master key, spooled results and the demo database live.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "ferry-data")]
+    data_dir: PathBuf,
+    /// A PostgreSQL URL for the metadata store (default: embedded SQLite in the data directory).
+    #[arg(long, env = "FERRY_META")]
+    meta: Option<String>,
+    /// Register the demo SQLite instance `demo` (created on first start).
+    #[arg(long)]
+    demo: bool,
+    /// Rows an interactive console result returns by default.
+    #[arg(long, env = "FERRY_ROW_LIMIT", default_value_t = 1000)]
+    row_limit: usize,
+}
+
+#[derive(Subcommand)]
+enum InstanceCmd {
+    /// Register an instance by URL; its credentials are encrypted and never shown again.
+    Add {
+        name: String,
+        /// postgres://…, mysql://…, sqlite:///path, redis://…
+        url: String,
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[arg(long = "env", value_parser = ["dev", "test", "prod"])]
+        environment: Option<String>,
+        /// Save without connecting first.
+        #[arg(long)]
+        no_test: bool,
+    },
+    /// List registered instances.
+    List,
+    /// Show one instance with its connection counters.
+    Show { name: String },
+    /// Connect and report the server version and round trip.
+    Test { name: String },
+    /// Remove an instance (its open SQL windows are closed).
+    Rm { name: String },
+    /// Change connection settings and kill policies.
+    Set {
+        name: String,
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[arg(long)]
+        acquire_timeout_secs: Option<u64>,
+        #[arg(long)]
+        idle_timeout_secs: Option<u64>,
+        #[arg(long)]
+        session_idle_timeout_secs: Option<u64>,
+        #[arg(long)]
+        idle_in_transaction_timeout_secs: Option<u64>,
+        /// Cancel console statements running longer than this (0: no limit).
+        #[arg(long)]
+        max_statement_secs: Option<u64>,
+        #[arg(long = "env", value_parser = ["dev", "test", "prod"])]
+        environment: Option<String>,
+    },
+    /// Server-side sessions (pg_stat_activity, SHOW PROCESSLIST, CLIENT LIST).
+    Processes { name: String },
+    /// Terminate a server-side session.
+    Kill { name: String, id: i64 },
+    /// Actions taken by connection policies, newest first.
+    Actions { name: Option<String> },
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    instance: String,
+    /// The SQL; read from --file or standard input when omitted.
+    sql: Option<String>,
+    #[arg(short = 'd', long)]
+    database: Option<String>,
+    /// Run in this SQL window.
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Row limit (table/json default 1000; csv streams everything unless given).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Keep running a script's statements after one fails.
+    #[arg(long)]
+    continue_on_error: bool,
+}
+
+#[derive(Args)]
+struct SchemaArgs {
+    instance: String,
+    /// A table (`schema.table` where the engine has schemas); all tables when omitted.
+    table: Option<String>,
+    #[arg(short = 'd', long)]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// Open a SQL window; prints its id.
+    Open {
+        instance: String,
+        #[arg(short = 'd', long)]
+        database: Option<String>,
+    },
+    List,
+    /// Close a window; an open transaction rolls back.
+    Close { id: String },
+}
+
+#[derive(Subcommand)]
+enum QueryCmd {
+    /// Submit a query; prints its id at once.
+    Submit {
+        instance: String,
+        sql: String,
+        #[arg(short = 'd', long)]
+        database: Option<String>,
+    },
+    /// Status and progress.
+    Status { id: String },
+    List,
+    /// Print the result: a page (table/json) or all of it (csv).
+    Fetch {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    Cancel { id: String },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.server)?;
+    let out = cli.output;
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Instance(cmd) => instance(&client, out, cmd).await,
+        Command::Sql(args) => sql(&client, out, args).await,
+        Command::Schema(args) => schema(&client, out, args).await,
+        Command::Session(cmd) => session(&client, out, cmd).await,
+        Command::Query(cmd) => query(&client, out, cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tokio_postgres=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = ferry_server::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        meta_url: args.meta,
+        demo: args.demo,
+        row_limit: args.row_limit,
+        ..Default::default()
+    };
+    let data_dir = config.data_dir.clone();
+    let demo = config.demo;
+    let server = ferry_server::bind(config).await?;
+    let addr = server.local_addr();
+    eprintln!(
+        "ferry serving on http://{addr} (metadata: {}, data: {}){}",
+        server.state.meta.backend(),
+        data_dir.display(),
+        if demo { "; demo instance: demo" } else { "" }
+    );
+    server.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Result<()> {
+    match cmd {
+        InstanceCmd::Add { name, url, max_connections, environment, no_test } => {
+            let body = json!({ "name": name, "url": url, "max_connections": max_connections, "environment": environment, "test": !no_test });
+            let v = client.post("/api/v1/instances", &body).await?;
+            match out {
+                Output::Json => render::json(&v),
+                _ => {
+                    let server = &v["server"];
+                    println!(
+                        "added instance {} ({}){}",
+                        v["instance"]["name"].as_str().unwrap_or_default(),
+                        v["instance"]["url"].as_str().unwrap_or_default(),
+                        server["version"].as_str().map(|s| format!(": {s}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        InstanceCmd::List => {
+            let v = client.get("/api/v1/instances").await?;
+            render::records(out, &v, &["name", "engine", "environment", "url", "settings.max_connections", "connections.open", "connections.in_use"]);
+        }
+        InstanceCmd::Show { name } => {
+            let v = client.get(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            render::object(out, &v);
+        }
+        InstanceCmd::Test { name } => {
+            let v = client.post(&format!("/api/v1/instances/{}/test", client::seg(&name)), &json!({})).await?;
+            match out {
+                Output::Json => render::json(&v),
+                _ => println!(
+                    "{name}: {} (round trip {:.2} ms)",
+                    v["version"].as_str().unwrap_or_default(),
+                    v["round_trip_ms"].as_f64().unwrap_or_default()
+                ),
+            }
+        }
+        InstanceCmd::Rm { name } => {
+            client.delete(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            println!("removed instance {name}");
+        }
+        InstanceCmd::Set {
+            name,
+            max_connections,
+            acquire_timeout_secs,
+            idle_timeout_secs,
+            session_idle_timeout_secs,
+            idle_in_transaction_timeout_secs,
+            max_statement_secs,
+            environment,
+        } => {
+            let current = client.get(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            let mut settings = current["settings"].clone();
+            let mut set = |path: &[&str], v: Option<u64>| {
+                if let Some(v) = v {
+                    let mut node = &mut settings;
+                    for p in &path[..path.len() - 1] {
+                        node = &mut node[*p];
+                    }
+                    node[path[path.len() - 1]] = json!(v);
+                }
+            };
+            set(&["max_connections"], max_connections.map(u64::from));
+            set(&["acquire_timeout_secs"], acquire_timeout_secs);
+            set(&["policy", "idle_timeout_secs"], idle_timeout_secs);
+            set(&["policy", "session_idle_timeout_secs"], session_idle_timeout_secs);
+            set(&["policy", "idle_in_transaction_timeout_secs"], idle_in_transaction_timeout_secs);
+            set(&["policy", "max_statement_secs"], max_statement_secs);
+            let v = client
+                .patch(&format!("/api/v1/instances/{}", client::seg(&name)), &json!({ "settings": settings, "environment": environment }))
+                .await?;
+            render::object(out, &v);
+        }
+        InstanceCmd::Processes { name } => {
+            let v = client.get(&format!("/api/v1/instances/{}/processes", client::seg(&name))).await?;
+            render::records(out, &v, &["id", "user", "database", "client", "state", "running_secs", "query"]);
+        }
+        InstanceCmd::Kill { name, id } => {
+            client.delete(&format!("/api/v1/instances/{}/processes/{id}", client::seg(&name))).await?;
+            println!("terminated server session {id} on {name}");
+        }
+        InstanceCmd::Actions { name } => {
+            let path = match name {
+                Some(n) => format!("/api/v1/policy-actions?instance={}", client::seg(&n)),
+                None => "/api/v1/policy-actions".to_string(),
+            };
+            let v = client.get(&path).await?;
+            render::records(out, &v, &["at_ms", "instance", "action", "feature", "detail"]);
+        }
+    }
+    Ok(())
+}
+
+fn read_sql(args: &SqlArgs) -> anyhow::Result<String> {
+    if let Some(sql) = &args.sql {
+        return Ok(sql.clone());
+    }
+    if let Some(file) = &args.file {
+        return std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()));
+    }
+    if std::io::stdin().is_terminal() {
+        bail!("no SQL given: pass it as an argument, with -f FILE, or on standard input");
+    }
+    let mut sql = String::new();
+    std::io::stdin().read_to_string(&mut sql).context("cannot read SQL from standard input")?;
+    Ok(sql)
+}
+
+async fn sql(client: &Client, out: Output, args: SqlArgs) -> anyhow::Result<()> {
+    let text = read_sql(&args)?;
+    let path = match &args.session {
+        Some(id) => format!("/api/v1/sessions/{}/sql", client::seg(id)),
+        None => format!("/api/v1/instances/{}/sql", client::seg(&args.instance)),
+    };
+    if out == Output::Csv {
+        let body = json!({ "sql": text, "database": args.database, "format": "csv", "limit": args.limit });
+        return client.download(&path, &body, &mut tokio::io::stdout()).await;
+    }
+    let body = json!({ "sql": text, "database": args.database, "limit": args.limit, "continue_on_error": args.continue_on_error });
+    let v = client.post(&path, &body).await?;
+    if out == Output::Json {
+        render::json(&v);
+    } else {
+        render::script(&v);
+    }
+    let failed = v["results"].as_array().is_some_and(|r| r.iter().any(|s| !s["error"].is_null()));
+    if failed {
+        bail!("a statement failed");
+    }
+    Ok(())
+}
+
+async fn schema(client: &Client, out: Output, args: SchemaArgs) -> anyhow::Result<()> {
+    let query = args.database.as_ref().map(|d| format!("?database={}", client::seg(d))).unwrap_or_default();
+    let base = format!("/api/v1/instances/{}", client::seg(&args.instance));
+    match args.table {
+        None => {
+            let v = client.get(&format!("{base}/tables{query}")).await?;
+            render::records(out, &v, &["schema", "name", "kind", "row_estimate", "size_bytes", "ttl_secs"]);
+        }
+        Some(table) => {
+            let v = client.get(&format!("{base}/tables/{}{query}", client::seg(&table))).await?;
+            if out == Output::Json {
+                render::json(&v);
+                return Ok(());
+            }
+            render::records(out, &v["columns"], &["name", "data_type", "arrow_type", "nullable", "default"]);
+            let pk: Vec<&str> = v["primary_key"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            if out == Output::Table {
+                println!("primary key: {}", if pk.is_empty() { "(none)".to_string() } else { pk.join(", ") });
+                for idx in v["indexes"].as_array().into_iter().flatten() {
+                    println!(
+                        "index {}{} ({})",
+                        idx["name"].as_str().unwrap_or_default(),
+                        if idx["unique"].as_bool() == Some(true) { " unique" } else { "" },
+                        idx["columns"].as_array().map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn session(client: &Client, out: Output, cmd: SessionCmd) -> anyhow::Result<()> {
+    match cmd {
+        SessionCmd::Open { instance, database } => {
+            let v = client.post("/api/v1/sessions", &json!({ "instance": instance, "database": database })).await?;
+            match out {
+                Output::Json => render::json(&v),
+                _ => println!("{}", v["id"].as_str().unwrap_or_default()),
+            }
+        }
+        SessionCmd::List => {
+            let v = client.get("/api/v1/sessions").await?;
+            render::records(out, &v, &["id", "instance", "database", "server_session_id", "in_transaction", "statements", "idle_secs"]);
+        }
+        SessionCmd::Close { id } => {
+            let v = client.delete(&format!("/api/v1/sessions/{}", client::seg(&id))).await?;
+            let rolled_back = v["rolled_back"].as_bool() == Some(true);
+            println!("closed SQL window {id}{}", if rolled_back { "; its open transaction was rolled back" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+async fn query(client: &Client, out: Output, cmd: QueryCmd) -> anyhow::Result<()> {
+    match cmd {
+        QueryCmd::Submit { instance, sql, database } => {
+            let v = client.post("/api/v1/queries", &json!({ "instance": instance, "sql": sql, "database": database })).await?;
+            match out {
+                Output::Json => render::json(&v),
+                _ => println!("{}", v["id"].as_str().unwrap_or_default()),
+            }
+        }
+        QueryCmd::Status { id } => {
+            let v = client.get(&format!("/api/v1/queries/{}", client::seg(&id))).await?;
+            render::object(out, &v);
+        }
+        QueryCmd::List => {
+            let v = client.get("/api/v1/queries").await?;
+            render::records(out, &v, &["id", "instance", "status", "rows", "bytes", "sql"]);
+        }
+        QueryCmd::Fetch { id, offset, limit } => {
+            let base = format!("/api/v1/queries/{}/result", client::seg(&id));
+            if out == Output::Csv {
+                return client.download_get(&format!("{base}?format=csv"), &mut tokio::io::stdout()).await;
+            }
+            let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+            let v = client.get(&format!("{base}?offset={offset}{limit}")).await?;
+            if out == Output::Json {
+                render::json(&v);
+            } else {
+                render::rows_table(&v["columns"], &v["rows"]);
+                println!(
+                    "(rows {}-{} of {})",
+                    offset + usize::from(v["row_count"].as_u64().unwrap_or(0) > 0),
+                    offset + v["row_count"].as_u64().unwrap_or(0) as usize,
+                    v["total_rows"]
+                );
+            }
+        }
+        QueryCmd::Cancel { id } => {
+            let v = client.delete(&format!("/api/v1/queries/{}", client::seg(&id))).await?;
+            println!("query {id}: {}", v["status"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}

@@ -276,7 +276,7 @@ mod tests {
         assert!(one(DataType::Boolean, "t", BinaryText::Raw).as_boolean().value(0));
         assert_eq!(one(DataType::Binary, "\\x00ff", BinaryText::PgHex).as_binary::<i32>().value(0), &[0, 255]);
         let ts = one(
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
             "2026-11-22 12:00:00.5+01",
             BinaryText::Raw,
         );

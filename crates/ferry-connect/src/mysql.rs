@@ -124,7 +124,7 @@ pub fn arrow_type(type_name: &str) -> DataType {
         "DOUBLE" => DataType::Float64,
         "DATE" => DataType::Date32,
         "DATETIME" => DataType::Timestamp(TimeUnit::Microsecond, None),
-        "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
         "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY" | "BIT" => DataType::Binary,
         // DECIMAL stays exact as text: the column definition sqlx exposes has no precision.
         _ => DataType::Utf8,

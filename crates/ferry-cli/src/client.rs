@@ -30,7 +30,12 @@ impl Client {
         if !base.starts_with("http://") {
             bail!("--server must be an http:// URL, got {base:?}");
         }
-        Ok(Client { base, http: reqwest::Client::builder().build().context("building the HTTP client")? })
+        Ok(Client {
+            base,
+            http: reqwest::Client::builder()
+                .build()
+                .context("building the HTTP client")?,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
@@ -62,35 +67,59 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.json(self.http.get(format!("{}{path}", self.base))).await
+        self.json(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.json(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.json(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.json(self.http.patch(format!("{}{path}", self.base)).json(body)).await
+        self.json(self.http.patch(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.json(self.http.delete(format!("{}{path}", self.base))).await
+        self.json(self.http.delete(format!("{}{path}", self.base)))
+            .await
     }
 
     /// POSTs and copies the streamed answer to `out` chunk by chunk.
-    pub async fn download<W: AsyncWrite + Unpin>(&self, path: &str, body: &Value, out: &mut W) -> anyhow::Result<()> {
-        let resp = self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await?;
+    pub async fn download<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        body: &Value,
+        out: &mut W,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?;
         copy_body(resp, out).await
     }
 
-    pub async fn download_get<W: AsyncWrite + Unpin>(&self, path: &str, out: &mut W) -> anyhow::Result<()> {
-        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+    pub async fn download_get<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        out: &mut W,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
         copy_body(resp, out).await
     }
 }
 
-async fn copy_body<W: AsyncWrite + Unpin>(resp: reqwest::Response, out: &mut W) -> anyhow::Result<()> {
-    if resp.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+async fn copy_body<W: AsyncWrite + Unpin>(
+    resp: reqwest::Response,
+    out: &mut W,
+) -> anyhow::Result<()> {
+    if resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
         // A statement without rows answers with its affected count instead of a stream.
         let v: Value = resp.json().await?;
         eprintln!("{} rows affected", v["affected"]);
@@ -98,7 +127,8 @@ async fn copy_body<W: AsyncWrite + Unpin>(resp: reqwest::Response, out: &mut W) 
     }
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| anyhow!("the result stream broke off: {}", root_cause(&e)))?;
+        let chunk =
+            chunk.map_err(|e| anyhow!("the result stream broke off: {}", root_cause(&e)))?;
         out.write_all(&chunk).await.context("writing the result")?;
     }
     out.flush().await?;

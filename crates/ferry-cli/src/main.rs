@@ -16,10 +16,19 @@ use serde_json::{Value, json};
 use crate::client::Client;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Ferry: one service for all your databases")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: one service for all your databases"
+)]
 struct Cli {
     /// The Ferry server to talk to.
-    #[arg(long, global = true, env = "FERRY_SERVER", default_value = "http://127.0.0.1:8420")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_SERVER",
+        default_value = "http://127.0.0.1:8420"
+    )]
     server: String,
     /// How results are printed.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
@@ -162,7 +171,9 @@ enum SessionCmd {
     },
     List,
     /// Close a window; an open transaction rolls back.
-    Close { id: String },
+    Close {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,7 +186,9 @@ enum QueryCmd {
         database: Option<String>,
     },
     /// Status and progress.
-    Status { id: String },
+    Status {
+        id: String,
+    },
     List,
     /// Print the result: a page (table/json) or all of it (csv).
     Fetch {
@@ -185,7 +198,9 @@ enum QueryCmd {
         #[arg(long)]
         limit: Option<usize>,
     },
-    Cancel { id: String },
+    Cancel {
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -214,8 +229,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tokio_postgres=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,tokio_postgres=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -263,7 +279,13 @@ async fn shutdown_signal() {
 
 async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Result<()> {
     match cmd {
-        InstanceCmd::Add { name, url, max_connections, environment, no_test } => {
+        InstanceCmd::Add {
+            name,
+            url,
+            max_connections,
+            environment,
+            no_test,
+        } => {
             let body = json!({ "name": name, "url": url, "max_connections": max_connections, "environment": environment, "test": !no_test });
             let v = client.post("/api/v1/instances", &body).await?;
             match out {
@@ -274,21 +296,43 @@ async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Res
                         "added instance {} ({}){}",
                         v["instance"]["name"].as_str().unwrap_or_default(),
                         v["instance"]["url"].as_str().unwrap_or_default(),
-                        server["version"].as_str().map(|s| format!(": {s}")).unwrap_or_default()
+                        server["version"]
+                            .as_str()
+                            .map(|s| format!(": {s}"))
+                            .unwrap_or_default()
                     );
                 }
             }
         }
         InstanceCmd::List => {
             let v = client.get("/api/v1/instances").await?;
-            render::records(out, &v, &["name", "engine", "environment", "url", "settings.max_connections", "connections.open", "connections.in_use"]);
+            render::records(
+                out,
+                &v,
+                &[
+                    "name",
+                    "engine",
+                    "environment",
+                    "url",
+                    "settings.max_connections",
+                    "connections.open",
+                    "connections.in_use",
+                ],
+            );
         }
         InstanceCmd::Show { name } => {
-            let v = client.get(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            let v = client
+                .get(&format!("/api/v1/instances/{}", client::seg(&name)))
+                .await?;
             render::object(out, &v);
         }
         InstanceCmd::Test { name } => {
-            let v = client.post(&format!("/api/v1/instances/{}/test", client::seg(&name)), &json!({})).await?;
+            let v = client
+                .post(
+                    &format!("/api/v1/instances/{}/test", client::seg(&name)),
+                    &json!({}),
+                )
+                .await?;
             match out {
                 Output::Json => render::json(&v),
                 _ => println!(
@@ -299,7 +343,9 @@ async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Res
             }
         }
         InstanceCmd::Rm { name } => {
-            client.delete(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            client
+                .delete(&format!("/api/v1/instances/{}", client::seg(&name)))
+                .await?;
             println!("removed instance {name}");
         }
         InstanceCmd::Set {
@@ -312,7 +358,9 @@ async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Res
             max_statement_secs,
             environment,
         } => {
-            let current = client.get(&format!("/api/v1/instances/{}", client::seg(&name))).await?;
+            let current = client
+                .get(&format!("/api/v1/instances/{}", client::seg(&name)))
+                .await?;
             let mut settings = current["settings"].clone();
             let mut set = |path: &[&str], v: Option<u64>| {
                 if let Some(v) = v {
@@ -326,20 +374,51 @@ async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Res
             set(&["max_connections"], max_connections.map(u64::from));
             set(&["acquire_timeout_secs"], acquire_timeout_secs);
             set(&["policy", "idle_timeout_secs"], idle_timeout_secs);
-            set(&["policy", "session_idle_timeout_secs"], session_idle_timeout_secs);
-            set(&["policy", "idle_in_transaction_timeout_secs"], idle_in_transaction_timeout_secs);
+            set(
+                &["policy", "session_idle_timeout_secs"],
+                session_idle_timeout_secs,
+            );
+            set(
+                &["policy", "idle_in_transaction_timeout_secs"],
+                idle_in_transaction_timeout_secs,
+            );
             set(&["policy", "max_statement_secs"], max_statement_secs);
             let v = client
-                .patch(&format!("/api/v1/instances/{}", client::seg(&name)), &json!({ "settings": settings, "environment": environment }))
+                .patch(
+                    &format!("/api/v1/instances/{}", client::seg(&name)),
+                    &json!({ "settings": settings, "environment": environment }),
+                )
                 .await?;
             render::object(out, &v);
         }
         InstanceCmd::Processes { name } => {
-            let v = client.get(&format!("/api/v1/instances/{}/processes", client::seg(&name))).await?;
-            render::records(out, &v, &["id", "user", "database", "client", "state", "running_secs", "query"]);
+            let v = client
+                .get(&format!(
+                    "/api/v1/instances/{}/processes",
+                    client::seg(&name)
+                ))
+                .await?;
+            render::records(
+                out,
+                &v,
+                &[
+                    "id",
+                    "user",
+                    "database",
+                    "client",
+                    "state",
+                    "running_secs",
+                    "query",
+                ],
+            );
         }
         InstanceCmd::Kill { name, id } => {
-            client.delete(&format!("/api/v1/instances/{}/processes/{id}", client::seg(&name))).await?;
+            client
+                .delete(&format!(
+                    "/api/v1/instances/{}/processes/{id}",
+                    client::seg(&name)
+                ))
+                .await?;
             println!("terminated server session {id} on {name}");
         }
         InstanceCmd::Actions { name } => {
@@ -348,7 +427,11 @@ async fn instance(client: &Client, out: Output, cmd: InstanceCmd) -> anyhow::Res
                 None => "/api/v1/policy-actions".to_string(),
             };
             let v = client.get(&path).await?;
-            render::records(out, &v, &["at_ms", "instance", "action", "feature", "detail"]);
+            render::records(
+                out,
+                &v,
+                &["at_ms", "instance", "action", "feature", "detail"],
+            );
         }
     }
     Ok(())
@@ -359,13 +442,16 @@ fn read_sql(args: &SqlArgs) -> anyhow::Result<String> {
         return Ok(sql.clone());
     }
     if let Some(file) = &args.file {
-        return std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()));
+        return std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()));
     }
     if std::io::stdin().is_terminal() {
         bail!("no SQL given: pass it as an argument, with -f FILE, or on standard input");
     }
     let mut sql = String::new();
-    std::io::stdin().read_to_string(&mut sql).context("cannot read SQL from standard input")?;
+    std::io::stdin()
+        .read_to_string(&mut sql)
+        .context("cannot read SQL from standard input")?;
     Ok(sql)
 }
 
@@ -376,8 +462,11 @@ async fn sql(client: &Client, out: Output, args: SqlArgs) -> anyhow::Result<()> 
         None => format!("/api/v1/instances/{}/sql", client::seg(&args.instance)),
     };
     if out == Output::Csv {
-        let body = json!({ "sql": text, "database": args.database, "format": "csv", "limit": args.limit });
-        return client.download(&path, &body, &mut tokio::io::stdout()).await;
+        let body =
+            json!({ "sql": text, "database": args.database, "format": "csv", "limit": args.limit });
+        return client
+            .download(&path, &body, &mut tokio::io::stdout())
+            .await;
     }
     let body = json!({ "sql": text, "database": args.database, "limit": args.limit, "continue_on_error": args.continue_on_error });
     let v = client.post(&path, &body).await?;
@@ -386,7 +475,9 @@ async fn sql(client: &Client, out: Output, args: SqlArgs) -> anyhow::Result<()> 
     } else {
         render::script(&v);
     }
-    let failed = v["results"].as_array().is_some_and(|r| r.iter().any(|s| !s["error"].is_null()));
+    let failed = v["results"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|s| !s["error"].is_null()));
     if failed {
         bail!("a statement failed");
     }
@@ -394,29 +485,71 @@ async fn sql(client: &Client, out: Output, args: SqlArgs) -> anyhow::Result<()> 
 }
 
 async fn schema(client: &Client, out: Output, args: SchemaArgs) -> anyhow::Result<()> {
-    let query = args.database.as_ref().map(|d| format!("?database={}", client::seg(d))).unwrap_or_default();
+    let query = args
+        .database
+        .as_ref()
+        .map(|d| format!("?database={}", client::seg(d)))
+        .unwrap_or_default();
     let base = format!("/api/v1/instances/{}", client::seg(&args.instance));
     match args.table {
         None => {
             let v = client.get(&format!("{base}/tables{query}")).await?;
-            render::records(out, &v, &["schema", "name", "kind", "row_estimate", "size_bytes", "ttl_secs"]);
+            render::records(
+                out,
+                &v,
+                &[
+                    "schema",
+                    "name",
+                    "kind",
+                    "row_estimate",
+                    "size_bytes",
+                    "ttl_secs",
+                ],
+            );
         }
         Some(table) => {
-            let v = client.get(&format!("{base}/tables/{}{query}", client::seg(&table))).await?;
+            let v = client
+                .get(&format!("{base}/tables/{}{query}", client::seg(&table)))
+                .await?;
             if out == Output::Json {
                 render::json(&v);
                 return Ok(());
             }
-            render::records(out, &v["columns"], &["name", "data_type", "arrow_type", "nullable", "default"]);
-            let pk: Vec<&str> = v["primary_key"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            render::records(
+                out,
+                &v["columns"],
+                &["name", "data_type", "arrow_type", "nullable", "default"],
+            );
+            let pk: Vec<&str> = v["primary_key"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             if out == Output::Table {
-                println!("primary key: {}", if pk.is_empty() { "(none)".to_string() } else { pk.join(", ") });
+                println!(
+                    "primary key: {}",
+                    if pk.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        pk.join(", ")
+                    }
+                );
                 for idx in v["indexes"].as_array().into_iter().flatten() {
                     println!(
                         "index {}{} ({})",
                         idx["name"].as_str().unwrap_or_default(),
-                        if idx["unique"].as_bool() == Some(true) { " unique" } else { "" },
-                        idx["columns"].as_array().map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                        if idx["unique"].as_bool() == Some(true) {
+                            " unique"
+                        } else {
+                            ""
+                        },
+                        idx["columns"]
+                            .as_array()
+                            .map(|c| c
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -428,7 +561,12 @@ async fn schema(client: &Client, out: Output, args: SchemaArgs) -> anyhow::Resul
 async fn session(client: &Client, out: Output, cmd: SessionCmd) -> anyhow::Result<()> {
     match cmd {
         SessionCmd::Open { instance, database } => {
-            let v = client.post("/api/v1/sessions", &json!({ "instance": instance, "database": database })).await?;
+            let v = client
+                .post(
+                    "/api/v1/sessions",
+                    &json!({ "instance": instance, "database": database }),
+                )
+                .await?;
             match out {
                 Output::Json => render::json(&v),
                 _ => println!("{}", v["id"].as_str().unwrap_or_default()),
@@ -436,12 +574,33 @@ async fn session(client: &Client, out: Output, cmd: SessionCmd) -> anyhow::Resul
         }
         SessionCmd::List => {
             let v = client.get("/api/v1/sessions").await?;
-            render::records(out, &v, &["id", "instance", "database", "server_session_id", "in_transaction", "statements", "idle_secs"]);
+            render::records(
+                out,
+                &v,
+                &[
+                    "id",
+                    "instance",
+                    "database",
+                    "server_session_id",
+                    "in_transaction",
+                    "statements",
+                    "idle_secs",
+                ],
+            );
         }
         SessionCmd::Close { id } => {
-            let v = client.delete(&format!("/api/v1/sessions/{}", client::seg(&id))).await?;
+            let v = client
+                .delete(&format!("/api/v1/sessions/{}", client::seg(&id)))
+                .await?;
             let rolled_back = v["rolled_back"].as_bool() == Some(true);
-            println!("closed SQL window {id}{}", if rolled_back { "; its open transaction was rolled back" } else { "" });
+            println!(
+                "closed SQL window {id}{}",
+                if rolled_back {
+                    "; its open transaction was rolled back"
+                } else {
+                    ""
+                }
+            );
         }
     }
     Ok(())
@@ -449,28 +608,47 @@ async fn session(client: &Client, out: Output, cmd: SessionCmd) -> anyhow::Resul
 
 async fn query(client: &Client, out: Output, cmd: QueryCmd) -> anyhow::Result<()> {
     match cmd {
-        QueryCmd::Submit { instance, sql, database } => {
-            let v = client.post("/api/v1/queries", &json!({ "instance": instance, "sql": sql, "database": database })).await?;
+        QueryCmd::Submit {
+            instance,
+            sql,
+            database,
+        } => {
+            let v = client
+                .post(
+                    "/api/v1/queries",
+                    &json!({ "instance": instance, "sql": sql, "database": database }),
+                )
+                .await?;
             match out {
                 Output::Json => render::json(&v),
                 _ => println!("{}", v["id"].as_str().unwrap_or_default()),
             }
         }
         QueryCmd::Status { id } => {
-            let v = client.get(&format!("/api/v1/queries/{}", client::seg(&id))).await?;
+            let v = client
+                .get(&format!("/api/v1/queries/{}", client::seg(&id)))
+                .await?;
             render::object(out, &v);
         }
         QueryCmd::List => {
             let v = client.get("/api/v1/queries").await?;
-            render::records(out, &v, &["id", "instance", "status", "rows", "bytes", "sql"]);
+            render::records(
+                out,
+                &v,
+                &["id", "instance", "status", "rows", "bytes", "sql"],
+            );
         }
         QueryCmd::Fetch { id, offset, limit } => {
             let base = format!("/api/v1/queries/{}/result", client::seg(&id));
             if out == Output::Csv {
-                return client.download_get(&format!("{base}?format=csv"), &mut tokio::io::stdout()).await;
+                return client
+                    .download_get(&format!("{base}?format=csv"), &mut tokio::io::stdout())
+                    .await;
             }
             let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
-            let v = client.get(&format!("{base}?offset={offset}{limit}")).await?;
+            let v = client
+                .get(&format!("{base}?offset={offset}{limit}"))
+                .await?;
             if out == Output::Json {
                 render::json(&v);
             } else {
@@ -484,7 +662,9 @@ async fn query(client: &Client, out: Output, cmd: QueryCmd) -> anyhow::Result<()
             }
         }
         QueryCmd::Cancel { id } => {
-            let v = client.delete(&format!("/api/v1/queries/{}", client::seg(&id))).await?;
+            let v = client
+                .delete(&format!("/api/v1/queries/{}", client::seg(&id)))
+                .await?;
             println!("query {id}: {}", v["status"].as_str().unwrap_or_default());
         }
     }

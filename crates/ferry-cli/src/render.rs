@@ -18,7 +18,11 @@ fn cell(v: &Value) -> String {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// Looks up `a.b` paths in an object.
@@ -34,7 +38,14 @@ pub fn records(out: Output, v: &Value, fields: &[&str]) {
         Output::Csv => {
             println!("{}", fields.join(","));
             for item in &items {
-                println!("{}", fields.iter().map(|f| csv_field(&cell(field(item, f)))).collect::<Vec<_>>().join(","));
+                println!(
+                    "{}",
+                    fields
+                        .iter()
+                        .map(|f| csv_field(&cell(field(item, f))))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
             }
         }
         Output::Table => {
@@ -66,7 +77,11 @@ fn flatten(prefix: &str, v: &Value, t: &mut Table) {
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, t);
             }
         }
@@ -80,7 +95,11 @@ fn flatten(prefix: &str, v: &Value, t: &mut Table) {
 pub fn rows_table(columns: &Value, rows: &Value) {
     let names: Vec<String> = columns
         .as_array()
-        .map(|c| c.iter().map(|c| c["name"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -114,13 +133,22 @@ pub fn script(v: &Value) {
             } else {
                 ""
             };
-            println!("({n} row{}, {ms:.1} ms){more}", if n == 1 { "" } else { "s" });
+            println!(
+                "({n} row{}, {ms:.1} ms){more}",
+                if n == 1 { "" } else { "s" }
+            );
         } else {
             let n = r["affected"].as_u64().unwrap_or(0);
-            println!("{n} row{} affected ({ms:.1} ms)", if n == 1 { "" } else { "s" });
+            println!(
+                "{n} row{} affected ({ms:.1} ms)",
+                if n == 1 { "" } else { "s" }
+            );
         }
     }
     if v["in_transaction"].as_bool() == Some(true) && v["session"].is_string() {
-        println!("(transaction open in SQL window {})", v["session"].as_str().unwrap_or_default());
+        println!(
+            "(transaction open in SQL window {})",
+            v["session"].as_str().unwrap_or_default()
+        );
     }
 }

@@ -36,7 +36,11 @@ impl TextBatchBuilder {
             .iter()
             .map(|f| TextColumn::new(f.data_type(), binary))
             .collect();
-        TextBatchBuilder { schema, columns, rows: 0 }
+        TextBatchBuilder {
+            schema,
+            columns,
+            rows: 0,
+        }
     }
 
     /// Appends one value of the current row to column `index`; `None` is NULL.
@@ -110,7 +114,9 @@ impl TextColumn {
             ),
             DataType::Binary => TextColumn::Binary(BinaryBuilder::new(), binary),
             DataType::Date32 => TextColumn::Date(Date32Builder::new()),
-            DataType::Time64(TimeUnit::Microsecond) => TextColumn::Time(Time64MicrosecondBuilder::new()),
+            DataType::Time64(TimeUnit::Microsecond) => {
+                TextColumn::Time(Time64MicrosecondBuilder::new())
+            }
             DataType::Timestamp(TimeUnit::Microsecond, tz) => TextColumn::Timestamp(
                 TimestampMicrosecondBuilder::new().with_data_type(ty.clone()),
                 tz.is_some(),
@@ -145,9 +151,10 @@ impl TextColumn {
             TextColumn::U64(b) => b.append_option(text.trim().parse().ok()),
             TextColumn::F32(b) => b.append_option(parse_float(text).map(|v| v as f32)),
             TextColumn::F64(b) => b.append_option(parse_float(text)),
-            TextColumn::Decimal(b, p, s) => {
-                b.append_option(arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(text, *p, *s).ok())
-            }
+            TextColumn::Decimal(b, p, s) => b.append_option(
+                arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(text, *p, *s)
+                    .ok(),
+            ),
             TextColumn::Utf8(b) => b.append_value(text),
             TextColumn::Date(b) => b.append_option(parse_date(text)),
             TextColumn::Time(b) => b.append_option(parse_time(text)),
@@ -215,7 +222,10 @@ fn parse_date(text: &str) -> Option<i32> {
 
 fn parse_time(text: &str) -> Option<i64> {
     let t = NaiveTime::parse_from_str(text.trim(), "%H:%M:%S%.f").ok()?;
-    Some(chrono::Timelike::num_seconds_from_midnight(&t) as i64 * 1_000_000 + (chrono::Timelike::nanosecond(&t) / 1000) as i64)
+    Some(
+        chrono::Timelike::num_seconds_from_midnight(&t) as i64 * 1_000_000
+            + (chrono::Timelike::nanosecond(&t) / 1000) as i64,
+    )
 }
 
 fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
@@ -231,9 +241,11 @@ fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
     ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"]
         .iter()
         .find_map(|fmt| {
-            NaiveDateTime::parse_from_str(text, fmt)
-                .ok()
-                .or_else(|| NaiveDate::parse_from_str(text, fmt).ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+            NaiveDateTime::parse_from_str(text, fmt).ok().or_else(|| {
+                NaiveDate::parse_from_str(text, fmt)
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+            })
         })
         .map(|ts| ts.and_utc().timestamp_micros())
 }
@@ -267,21 +279,47 @@ mod tests {
 
     #[test]
     fn parses_engine_text_forms() {
-        assert_eq!(one(DataType::Int64, "-42", BinaryText::Raw).as_primitive::<Int64Type>().value(0), -42);
-        assert!(one(DataType::Float64, "NaN", BinaryText::Raw).as_primitive::<Float64Type>().value(0).is_nan());
         assert_eq!(
-            one(DataType::Float64, "-Infinity", BinaryText::Raw).as_primitive::<Float64Type>().value(0),
+            one(DataType::Int64, "-42", BinaryText::Raw)
+                .as_primitive::<Int64Type>()
+                .value(0),
+            -42
+        );
+        assert!(
+            one(DataType::Float64, "NaN", BinaryText::Raw)
+                .as_primitive::<Float64Type>()
+                .value(0)
+                .is_nan()
+        );
+        assert_eq!(
+            one(DataType::Float64, "-Infinity", BinaryText::Raw)
+                .as_primitive::<Float64Type>()
+                .value(0),
             f64::NEG_INFINITY
         );
-        assert!(one(DataType::Boolean, "t", BinaryText::Raw).as_boolean().value(0));
-        assert_eq!(one(DataType::Binary, "\\x00ff", BinaryText::PgHex).as_binary::<i32>().value(0), &[0, 255]);
+        assert!(
+            one(DataType::Boolean, "t", BinaryText::Raw)
+                .as_boolean()
+                .value(0)
+        );
+        assert_eq!(
+            one(DataType::Binary, "\\x00ff", BinaryText::PgHex)
+                .as_binary::<i32>()
+                .value(0),
+            &[0, 255]
+        );
         let ts = one(
             DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
             "2026-11-22 12:00:00.5+01",
             BinaryText::Raw,
         );
-        let expected = DateTime::parse_from_rfc3339("2026-11-22T11:00:00.5Z").unwrap().timestamp_micros();
-        assert_eq!(ts.as_primitive::<TimestampMicrosecondType>().value(0), expected);
+        let expected = DateTime::parse_from_rfc3339("2026-11-22T11:00:00.5Z")
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(
+            ts.as_primitive::<TimestampMicrosecondType>().value(0),
+            expected
+        );
         let d = one(DataType::Date32, "1970-01-02", BinaryText::Raw);
         assert_eq!(d.as_primitive::<arrow::datatypes::Date32Type>().value(0), 1);
         let dec = one(DataType::Decimal128(12, 2), "12345.67", BinaryText::Raw);

@@ -15,20 +15,23 @@ where
     M: 'a,
 {
     let state = (Box::pin(messages), step, false);
-    Box::pin(futures::stream::unfold(state, |(mut messages, mut step, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            match messages.next().await {
-                Some(Ok(m)) => {
-                    if let Some(batch) = step(Some(m)) {
-                        return Some((batch, (messages, step, false)));
-                    }
-                }
-                Some(Err(e)) => return Some((Err(e), (messages, step, true))),
-                None => return step(None).map(|batch| (batch, (messages, step, true))),
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut messages, mut step, done)| async move {
+            if done {
+                return None;
             }
-        }
-    }))
+            loop {
+                match messages.next().await {
+                    Some(Ok(m)) => {
+                        if let Some(batch) = step(Some(m)) {
+                            return Some((batch, (messages, step, false)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (messages, step, true))),
+                    None => return step(None).map(|batch| (batch, (messages, step, true))),
+                }
+            }
+        },
+    ))
 }

@@ -110,7 +110,10 @@ pub trait Canceller: Send + Sync {
 
 /// What one statement produced.
 pub enum StatementOutput<'a> {
-    Rows { schema: SchemaRef, batches: BatchStream<'a> },
+    Rows {
+        schema: SchemaRef,
+        batches: BatchStream<'a>,
+    },
     Affected(u64),
 }
 
@@ -181,7 +184,9 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { connect_timeout: Duration::from_secs(10) }
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -190,12 +195,17 @@ pub async fn collect(output: StatementOutput<'_>) -> Result<(SchemaRef, Vec<Reco
     use futures::TryStreamExt;
     match output {
         StatementOutput::Rows { schema, batches } => Ok((schema, batches.try_collect().await?)),
-        StatementOutput::Affected(_) => Err(Error::Internal("expected a statement that returns rows".into())),
+        StatementOutput::Affected(_) => Err(Error::Internal(
+            "expected a statement that returns rows".into(),
+        )),
     }
 }
 
 /// Runs a catalog query and returns its rows as optional strings, column by column as selected.
-pub(crate) async fn query_strings(conn: &mut dyn Connection, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+pub(crate) async fn query_strings(
+    conn: &mut dyn Connection,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>> {
     let (_, batches) = collect(conn.run(sql).await?).await?;
     let mut rows = Vec::new();
     for batch in &batches {

@@ -11,13 +11,16 @@ use async_trait::async_trait;
 use ferry_core::{ConnectionUrl, Engine, Error, Result};
 use futures::StreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
-use sqlx::{AssertSqlSafe, Column, ConnectOptions as _, Either, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+use sqlx::{
+    AssertSqlSafe, Column, ConnectOptions as _, Either, Executor, Row, SqlSafeStr, Statement,
+    TypeInfo,
+};
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::postgres::{literal, qualified, session_from_row};
 use crate::{
-    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo, ServerInfo,
-    ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
+    ServerInfo, ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
@@ -28,7 +31,11 @@ pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dy
         None => raw.to_string(),
     };
     let base = MySqlConnectOptions::from_str(&normalized).map_err(|e| {
-        Error::InvalidInput(format!("malformed MySQL URL {}: {}", url.redacted(), crate::scrub(&e.to_string(), url)))
+        Error::InvalidInput(format!(
+            "malformed MySQL URL {}: {}",
+            url.redacted(),
+            crate::scrub(&e.to_string(), url)
+        ))
     })?;
     // Keep the server's own SQL mode (sqlx would add PIPES_AS_CONCAT); UTC makes TIMESTAMP exact.
     let base = base
@@ -36,7 +43,11 @@ pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dy
         .no_engine_substitution(false)
         .timezone(Some("+00:00".to_string()))
         .statement_cache_capacity(32);
-    Ok(Arc::new(MysqlConnector { url: url.clone(), base, options: options.clone() }))
+    Ok(Arc::new(MysqlConnector {
+        url: url.clone(),
+        base,
+        options: options.clone(),
+    }))
 }
 
 struct MysqlConnector {
@@ -78,14 +89,27 @@ impl Connector for MysqlConnector {
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::Connection(e.to_string()))?;
-        let canceller = Arc::new(MysqlCanceller { connector: self.clone_for_cancel(), id });
-        Ok(Box::new(MysqlConnection { conn, id, canceller, in_transaction: false, broken: false }))
+        let canceller = Arc::new(MysqlCanceller {
+            connector: self.clone_for_cancel(),
+            id,
+        });
+        Ok(Box::new(MysqlConnection {
+            conn,
+            id,
+            canceller,
+            in_transaction: false,
+            broken: false,
+        }))
     }
 }
 
 impl MysqlConnector {
     fn clone_for_cancel(&self) -> MysqlConnector {
-        MysqlConnector { url: self.url.clone(), base: self.base.clone(), options: self.options.clone() }
+        MysqlConnector {
+            url: self.url.clone(),
+            base: self.base.clone(),
+            options: self.options.clone(),
+        }
     }
 }
 
@@ -98,9 +122,13 @@ struct MysqlCanceller {
 impl Canceller for MysqlCanceller {
     async fn cancel(&self) -> Result<()> {
         let mut control = self.connector.open(&self.connector.base).await?;
-        let result = sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {}", self.id))).execute(&mut control).await;
+        let result = sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {}", self.id)))
+            .execute(&mut control)
+            .await;
         let _ = sqlx::Connection::close(control).await;
-        result.map(|_| ()).map_err(|e| Error::Engine(format!("KILL QUERY {} failed: {e}", self.id)))
+        result
+            .map(|_| ())
+            .map_err(|e| Error::Engine(format!("KILL QUERY {} failed: {e}", self.id)))
     }
 }
 
@@ -117,7 +145,9 @@ pub fn arrow_type(type_name: &str) -> DataType {
     match type_name {
         "BOOLEAN" => DataType::Boolean,
         "TINYINT" | "SMALLINT" | "TINYINT UNSIGNED" => DataType::Int16,
-        "MEDIUMINT" | "INT" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "YEAR" => DataType::Int32,
+        "MEDIUMINT" | "INT" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "YEAR" => {
+            DataType::Int32
+        }
         "BIGINT" | "INT UNSIGNED" => DataType::Int64,
         "BIGINT UNSIGNED" => DataType::UInt64,
         "FLOAT" => DataType::Float32,
@@ -125,7 +155,8 @@ pub fn arrow_type(type_name: &str) -> DataType {
         "DATE" => DataType::Date32,
         "DATETIME" => DataType::Timestamp(TimeUnit::Microsecond, None),
         "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY" | "BIT" => DataType::Binary,
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY"
+        | "BIT" => DataType::Binary,
         // DECIMAL stays exact as text: the column definition sqlx exposes has no precision.
         _ => DataType::Utf8,
     }
@@ -136,7 +167,10 @@ fn statement_error(e: sqlx::Error) -> Error {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| format!(" ({c})")).unwrap_or_default();
             if db.message().contains("interrupted") {
-                Error::Cancelled(format!("statement cancelled on the server: {}{code}", db.message()))
+                Error::Cancelled(format!(
+                    "statement cancelled on the server: {}{code}",
+                    db.message()
+                ))
             } else {
                 Error::Engine(format!("{}{code}", db.message()))
             }
@@ -152,20 +186,40 @@ fn statement_error(e: sqlx::Error) -> Error {
 impl Connection for MysqlConnection {
     async fn test(&mut self) -> Result<ServerInfo> {
         let started = Instant::now();
-        sqlx::raw_sql("select 1").execute(&mut self.conn).await.map_err(statement_error)?;
+        sqlx::raw_sql("select 1")
+            .execute(&mut self.conn)
+            .await
+            .map_err(statement_error)?;
         let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let version: String =
-            sqlx::query_scalar("select version()").fetch_one(&mut self.conn).await.map_err(statement_error)?;
-        Ok(ServerInfo { engine: Engine::Mysql, version, round_trip_ms })
+        let version: String = sqlx::query_scalar("select version()")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(statement_error)?;
+        Ok(ServerInfo {
+            engine: Engine::Mysql,
+            version,
+            round_trip_ms,
+        })
     }
 
     async fn run<'a>(&'a mut self, sql: &'a str) -> Result<StatementOutput<'a>> {
         // Statements the prepared protocol refuses (error 1295) still run, with columns from the first row.
-        let columns = match (&mut self.conn).prepare(AssertSqlSafe(sql).into_sql_str()).await {
+        let columns = match (&mut self.conn)
+            .prepare(AssertSqlSafe(sql).into_sql_str())
+            .await
+        {
             Ok(stmt) => Some(
-                stmt.columns().iter().map(|c| (c.name().to_string(), arrow_type(c.type_info().name()))).collect::<Vec<_>>(),
+                stmt.columns()
+                    .iter()
+                    .map(|c| (c.name().to_string(), arrow_type(c.type_info().name())))
+                    .collect::<Vec<_>>(),
             ),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("HY000") && db.message().contains("prepared statement protocol") => None,
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("HY000")
+                    && db.message().contains("prepared statement protocol") =>
+            {
+                None
+            }
             Err(e) => {
                 self.note_error(&e);
                 return Err(statement_error(e));
@@ -173,20 +227,27 @@ impl Connection for MysqlConnection {
         };
         let in_tx_before = self.in_transaction;
         if columns.as_ref().is_some_and(Vec::is_empty) {
-            let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.conn).await.map_err(|e| {
-                self.broken |= matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_));
-                statement_error(e)
-            })?;
+            let result = sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| {
+                    self.broken |= matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_));
+                    statement_error(e)
+                })?;
             self.in_transaction = script::transaction_state_after(Engine::Mysql, sql, in_tx_before);
             return Ok(StatementOutput::Affected(result.rows_affected()));
         }
-        let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut self.conn).peekable();
+        let mut results = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_many(&mut self.conn)
+            .peekable();
         let columns = match columns {
             Some(c) => c,
             None => match std::pin::Pin::new(&mut results).peek().await {
-                Some(Ok(Either::Right(row))) => {
-                    row.columns().iter().map(|c| (c.name().to_string(), arrow_type(c.type_info().name()))).collect()
-                }
+                Some(Ok(Either::Right(row))) => row
+                    .columns()
+                    .iter()
+                    .map(|c| (c.name().to_string(), arrow_type(c.type_info().name())))
+                    .collect(),
                 _ => vec![],
             },
         };
@@ -231,7 +292,11 @@ impl Connection for MysqlConnection {
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {
-        let rows = query_strings(self, "select schema_name from information_schema.schemata order by 1").await?;
+        let rows = query_strings(
+            self,
+            "select schema_name from information_schema.schemata order by 1",
+        )
+        .await?;
         Ok(rows.into_iter().filter_map(|mut r| r.remove(0)).collect())
     }
 
@@ -260,8 +325,13 @@ impl Connection for MysqlConnection {
     }
 
     async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail> {
-        let schema_expr = schema.map(literal).unwrap_or_else(|| "database()".to_string());
-        let where_ = format!("table_schema = {schema_expr} and table_name = {}", literal(name));
+        let schema_expr = schema
+            .map(literal)
+            .unwrap_or_else(|| "database()".to_string());
+        let where_ = format!(
+            "table_schema = {schema_expr} and table_name = {}",
+            literal(name)
+        );
         let columns = query_strings(
             self,
             &format!(
@@ -290,10 +360,18 @@ impl Connection for MysqlConnection {
             let column = r[2].clone().unwrap_or_default();
             match indexes.iter_mut().find(|i| i.name == name) {
                 Some(i) => i.columns.push(column),
-                None => indexes.push(IndexInfo { name, columns: vec![column], unique: r[1].as_deref() == Some("0") }),
+                None => indexes.push(IndexInfo {
+                    name,
+                    columns: vec![column],
+                    unique: r[1].as_deref() == Some("0"),
+                }),
             }
         }
-        let primary_key = indexes.iter().find(|i| i.name == "PRIMARY").map(|i| i.columns.clone()).unwrap_or_default();
+        let primary_key = indexes
+            .iter()
+            .find(|i| i.name == "PRIMARY")
+            .map(|i| i.columns.clone())
+            .unwrap_or_default();
         let table_schema = columns[0][5].clone();
         Ok(TableDetail {
             schema: table_schema,
@@ -359,8 +437,14 @@ fn declared_type_name(column_type: &str) -> String {
     let name = match base {
         "tinyint" if lower.starts_with("tinyint(1)") => "BOOLEAN".to_string(),
         "int" | "integer" => "INT".to_string(),
-        "text" | "tinytext" | "mediumtext" | "longtext" | "varchar" | "char" => "VARCHAR".to_string(),
+        "text" | "tinytext" | "mediumtext" | "longtext" | "varchar" | "char" => {
+            "VARCHAR".to_string()
+        }
         other => other.to_ascii_uppercase(),
     };
-    if unsigned { format!("{name} UNSIGNED") } else { name }
+    if unsigned {
+        format!("{name} UNSIGNED")
+    } else {
+        name
+    }
 }

@@ -101,7 +101,11 @@ impl Revocation {
     }
 
     pub fn reason(&self) -> Option<String> {
-        if self.revoked.load(Ordering::SeqCst) { lock(&self.reason).clone() } else { None }
+        if self.revoked.load(Ordering::SeqCst) {
+            lock(&self.reason).clone()
+        } else {
+            None
+        }
     }
 }
 
@@ -110,7 +114,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl InstancePool {
-    pub fn new(name: InstanceName, connector: Arc<dyn Connector>, settings: InstanceSettings, sink: ActionSink) -> Arc<Self> {
+    pub fn new(
+        name: InstanceName,
+        connector: Arc<dyn Connector>,
+        settings: InstanceSettings,
+        sink: ActionSink,
+    ) -> Arc<Self> {
         Arc::new(InstancePool {
             permits: Arc::new(Semaphore::new(settings.max_connections as usize)),
             name,
@@ -169,7 +178,12 @@ impl InstancePool {
     }
 
     /// Takes a connection for `feature`, waiting in line at the cap up to the acquire timeout.
-    pub async fn acquire(self: &Arc<Self>, feature: Feature, database: Option<&str>, label: &str) -> Result<Lease> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        feature: Feature,
+        database: Option<&str>,
+        label: &str,
+    ) -> Result<Lease> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => self.wait_for_permit(feature).await?,
@@ -217,7 +231,16 @@ impl InstancePool {
                 server_session_id: conn.server_session_id(),
             },
         );
-        Ok(Lease { id, pool: self.clone(), conn: Some(conn), database, _permit: permit, discard: false, revocation, feature })
+        Ok(Lease {
+            id,
+            pool: self.clone(),
+            conn: Some(conn),
+            database,
+            _permit: permit,
+            discard: false,
+            revocation,
+            feature,
+        })
     }
 
     async fn wait_for_permit(self: &Arc<Self>, feature: Feature) -> Result<OwnedSemaphorePermit> {
@@ -231,7 +254,8 @@ impl InstancePool {
         let _waiting = Waiting(&self.waiting);
         let started = Instant::now();
         let timeout = Duration::from_secs(self.settings.acquire_timeout_secs);
-        let preempt_after = KillPolicy::duration(self.policy().preempt_after_secs).filter(|p| *p < timeout);
+        let preempt_after =
+            KillPolicy::duration(self.policy().preempt_after_secs).filter(|p| *p < timeout);
         let acquire = self.permits.clone().acquire_owned();
         tokio::pin!(acquire);
         let deadline = tokio::time::sleep(timeout);
@@ -265,7 +289,9 @@ impl InstancePool {
     /// Asks the lease that gives way first (per `yield_order`) to release its connection for `feature`.
     fn preempt_for(&self, feature: Feature) {
         let policy = self.policy();
-        let Some(rank) = policy.yield_rank(feature) else { return };
+        let Some(rank) = policy.yield_rank(feature) else {
+            return;
+        };
         let victim = {
             let st = lock(&self.state);
             st.active
@@ -274,9 +300,21 @@ impl InstancePool {
                 .filter_map(|(id, a)| Some((policy.yield_rank(a.feature)?, a.since, *id)))
                 .filter(|(r, _, _)| *r < rank)
                 .min_by_key(|(r, since, _)| (*r, *since))
-                .and_then(|(_, _, id)| st.active.get(&id).map(|a| (id, a.feature, a.label.clone(), a.canceller.clone(), a.revocation.clone())))
+                .and_then(|(_, _, id)| {
+                    st.active.get(&id).map(|a| {
+                        (
+                            id,
+                            a.feature,
+                            a.label.clone(),
+                            a.canceller.clone(),
+                            a.revocation.clone(),
+                        )
+                    })
+                })
         };
-        let Some((id, victim_feature, label, canceller, revocation)) = victim else { return };
+        let Some((id, victim_feature, label, canceller, revocation)) = victim else {
+            return;
+        };
         let detail = format!(
             "{} lease {id} ({label}) gave way to waiting {} work: the instance is at its cap of {} connections",
             victim_feature.as_str(),
@@ -292,10 +330,14 @@ impl InstancePool {
 
     /// Closes idle connections unused for longer than the policy's idle timeout.
     pub fn close_idle_connections(&self) -> usize {
-        let Some(limit) = KillPolicy::duration(self.policy().idle_timeout_secs) else { return 0 };
+        let Some(limit) = KillPolicy::duration(self.policy().idle_timeout_secs) else {
+            return 0;
+        };
         let closed: Vec<IdleConnection> = {
             let mut st = lock(&self.state);
-            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.idle).into_iter().partition(|c| c.since.elapsed() >= limit);
+            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|c| c.since.elapsed() >= limit);
             st.idle = keep;
             st.open -= old.len();
             old
@@ -306,7 +348,10 @@ impl InstancePool {
                 None,
                 format!(
                     "closed a pooled connection{} idle for {:.0}s (idle_timeout_secs = {})",
-                    c.database.as_deref().map(|d| format!(" to database {d:?}")).unwrap_or_default(),
+                    c.database
+                        .as_deref()
+                        .map(|d| format!(" to database {d:?}"))
+                        .unwrap_or_default(),
                     c.since.elapsed().as_secs_f64(),
                     limit.as_secs()
                 ),
@@ -323,7 +368,12 @@ impl InstancePool {
     }
 
     pub fn report(&self, action: &str, feature: Option<Feature>, detail: String) {
-        (self.sink)(PolicyAction { instance: self.name.to_string(), action: action.to_string(), feature, detail });
+        (self.sink)(PolicyAction {
+            instance: self.name.to_string(),
+            action: action.to_string(),
+            feature,
+            detail,
+        });
     }
 }
 
@@ -408,10 +458,16 @@ impl Lease {
             pool.report(
                 "cancel_statement",
                 Some(feature),
-                format!("{what} ran longer than max_statement_secs = {}: {outcome}", limit.as_secs()),
+                format!(
+                    "{what} ran longer than max_statement_secs = {}: {outcome}",
+                    limit.as_secs()
+                ),
             );
         });
-        RuntimeWatch { task: Some(task), fired }
+        RuntimeWatch {
+            task: Some(task),
+            fired,
+        }
     }
 }
 
@@ -423,7 +479,11 @@ impl Drop for Lease {
             st.active.remove(&self.id);
             match self.conn.take() {
                 Some(conn) if keep && conn.is_healthy() && !conn.in_transaction() => {
-                    st.idle.push(IdleConnection { conn, database: self.database.take(), since: Instant::now() });
+                    st.idle.push(IdleConnection {
+                        conn,
+                        database: self.database.take(),
+                        since: Instant::now(),
+                    });
                     None
                 }
                 Some(conn) => {

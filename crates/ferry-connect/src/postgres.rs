@@ -15,15 +15,24 @@ use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::{
-    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo, ServerInfo,
-    ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
+    ServerInfo, ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
-    let config: tokio_postgres::Config = url.expose().parse().map_err(|e: tokio_postgres::Error| {
-        Error::InvalidInput(format!("malformed PostgreSQL URL {}: {}", url.redacted(), crate::scrub(&e.to_string(), url)))
-    })?;
-    Ok(Arc::new(PostgresConnector { url: url.clone(), config, options: options.clone() }))
+    let config: tokio_postgres::Config =
+        url.expose().parse().map_err(|e: tokio_postgres::Error| {
+            Error::InvalidInput(format!(
+                "malformed PostgreSQL URL {}: {}",
+                url.redacted(),
+                crate::scrub(&e.to_string(), url)
+            ))
+        })?;
+    Ok(Arc::new(PostgresConnector {
+        url: url.clone(),
+        config,
+        options: options.clone(),
+    }))
 }
 
 struct PostgresConnector {
@@ -46,7 +55,9 @@ impl Connector for PostgresConnector {
         config.connect_timeout(self.options.connect_timeout);
         config.application_name("ferry");
         // ISO dates and UTC make the text form of every date and time unambiguous.
-        config.options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres");
+        config.options(
+            "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres",
+        );
         let hosts = describe_hosts(&config);
         let connecting = config.connect(NoTls);
         let (client, connection) = tokio::time::timeout(self.options.connect_timeout, connecting)
@@ -94,7 +105,10 @@ fn describe_hosts(config: &tokio_postgres::Config) -> String {
                 tokio_postgres::config::Host::Tcp(h) => h.clone(),
                 tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
             };
-            format!("{host}:{}", ports.get(i).or(ports.first()).copied().unwrap_or(5432))
+            format!(
+                "{host}:{}",
+                ports.get(i).or(ports.first()).copied().unwrap_or(5432)
+            )
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -129,8 +143,13 @@ fn error_text(e: &tokio_postgres::Error) -> String {
 }
 
 fn statement_error(e: tokio_postgres::Error) -> Error {
-    if e.as_db_error().is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED) {
-        return Error::Cancelled(format!("statement cancelled on the server: {}", error_text(&e)));
+    if e.as_db_error()
+        .is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED)
+    {
+        return Error::Cancelled(format!(
+            "statement cancelled on the server: {}",
+            error_text(&e)
+        ));
     }
     if e.as_db_error().is_some() {
         Error::Engine(error_text(&e))
@@ -144,10 +163,11 @@ struct PgCanceller(CancelToken);
 #[async_trait]
 impl Canceller for PgCanceller {
     async fn cancel(&self) -> Result<()> {
-        self.0
-            .cancel_query(NoTls)
-            .await
-            .map_err(|e| Error::Connection(format!("could not send the cancel request to PostgreSQL: {e}")))
+        self.0.cancel_query(NoTls).await.map_err(|e| {
+            Error::Connection(format!(
+                "could not send the cancel request to PostgreSQL: {e}"
+            ))
+        })
     }
 }
 
@@ -191,10 +211,21 @@ pub fn arrow_type(ty: &Type, type_modifier: i32) -> DataType {
 impl Connection for PostgresConnection {
     async fn test(&mut self) -> Result<ServerInfo> {
         let started = Instant::now();
-        self.client.simple_query("select 1").await.map_err(statement_error)?;
+        self.client
+            .simple_query("select 1")
+            .await
+            .map_err(statement_error)?;
         let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let row = self.client.query_one("select version()", &[]).await.map_err(statement_error)?;
-        Ok(ServerInfo { engine: Engine::Postgres, version: row.get(0), round_trip_ms })
+        let row = self
+            .client
+            .query_one("select version()", &[])
+            .await
+            .map_err(statement_error)?;
+        Ok(ServerInfo {
+            engine: Engine::Postgres,
+            version: row.get(0),
+            round_trip_ms,
+        })
     }
 
     async fn run<'a>(&'a mut self, sql: &'a str) -> Result<StatementOutput<'a>> {
@@ -205,11 +236,20 @@ impl Connection for PostgresConnection {
         let columns: Vec<(String, DataType)> = statement
             .columns()
             .iter()
-            .map(|c| (c.name().to_string(), arrow_type(c.type_(), c.type_modifier())))
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    arrow_type(c.type_(), c.type_modifier()),
+                )
+            })
             .collect();
         drop(statement);
         let in_tx_before = self.in_transaction;
-        let messages = self.client.simple_query_raw(sql).await.map_err(statement_error)?;
+        let messages = self
+            .client
+            .simple_query_raw(sql)
+            .await
+            .map_err(statement_error)?;
         if columns.is_empty() {
             let mut affected = 0;
             futures::pin_mut!(messages);
@@ -218,7 +258,8 @@ impl Connection for PostgresConnection {
                     affected = n;
                 }
             }
-            self.in_transaction = script::transaction_state_after(Engine::Postgres, sql, in_tx_before);
+            self.in_transaction =
+                script::transaction_state_after(Engine::Postgres, sql, in_tx_before);
             return Ok(StatementOutput::Affected(affected));
         }
         let schema = unique_schema(columns);
@@ -252,7 +293,11 @@ impl Connection for PostgresConnection {
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {
-        let rows = query_strings(self, "select datname from pg_database where not datistemplate and datallowconn order by 1").await?;
+        let rows = query_strings(
+            self,
+            "select datname from pg_database where not datistemplate and datallowconn order by 1",
+        )
+        .await?;
         Ok(rows.into_iter().filter_map(|mut r| r.remove(0)).collect())
     }
 
@@ -283,8 +328,15 @@ impl Connection for PostgresConnection {
 
     async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail> {
         let filter = match schema {
-            Some(s) => format!("n.nspname = {} and c.relname = {}", literal(s), literal(name)),
-            None => format!("c.relname = {} and pg_table_is_visible(c.oid)", literal(name)),
+            Some(s) => format!(
+                "n.nspname = {} and c.relname = {}",
+                literal(s),
+                literal(name)
+            ),
+            None => format!(
+                "c.relname = {} and pg_table_is_visible(c.oid)",
+                literal(name)
+            ),
         };
         let found = query_strings(
             self,
@@ -320,11 +372,20 @@ impl Connection for PostgresConnection {
         let indexes = indexes
             .into_iter()
             .map(|r| {
-                let cols: Vec<String> = r[3].clone().unwrap_or_default().split(',').map(str::to_string).collect();
+                let cols: Vec<String> = r[3]
+                    .clone()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
                 if r[2].as_deref() == Some("true") {
                     primary_key = cols.clone();
                 }
-                IndexInfo { name: r[0].clone().unwrap_or_default(), columns: cols, unique: r[1].as_deref() == Some("true") }
+                IndexInfo {
+                    name: r[0].clone().unwrap_or_default(),
+                    columns: cols,
+                    unique: r[1].as_deref() == Some("true"),
+                }
             })
             .collect();
         Ok(TableDetail {
@@ -365,7 +426,9 @@ impl Connection for PostgresConnection {
         let rows = query_strings(self, &format!("select pg_terminate_backend({id})::text")).await?;
         match rows.first().and_then(|r| r[0].as_deref()) {
             Some("true") => Ok(()),
-            _ => Err(Error::NotFound(format!("no PostgreSQL session with pid {id}"))),
+            _ => Err(Error::NotFound(format!(
+                "no PostgreSQL session with pid {id}"
+            ))),
         }
     }
 
@@ -380,7 +443,10 @@ impl Connection for PostgresConnection {
 
 pub(crate) fn session_from_row(r: Vec<Option<String>>) -> ServerSession {
     ServerSession {
-        id: r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or_default(),
+        id: r[0]
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
         user: r[1].clone(),
         database: r[2].clone(),
         client: r[3].clone(),

@@ -15,17 +15,26 @@ use redis::{AsyncConnectionConfig, Value};
 
 use crate::arrow_text::unique_schema;
 use crate::{
-    Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo, ServerSession, StatementOutput,
-    TableDetail, TableInfo,
+    Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo, ServerSession,
+    StatementOutput, TableDetail, TableInfo,
 };
 
 /// How many keys the catalog lists at most.
 pub const CATALOG_KEY_LIMIT: usize = 1000;
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
-    let client = redis::Client::open(url.expose())
-        .map_err(|e| Error::InvalidInput(format!("malformed Redis URL {}: {}", url.redacted(), crate::scrub(&e.to_string(), url))))?;
-    Ok(Arc::new(RedisConnector { url: url.clone(), client, options: options.clone() }))
+    let client = redis::Client::open(url.expose()).map_err(|e| {
+        Error::InvalidInput(format!(
+            "malformed Redis URL {}: {}",
+            url.redacted(),
+            crate::scrub(&e.to_string(), url)
+        ))
+    })?;
+    Ok(Arc::new(RedisConnector {
+        url: url.clone(),
+        client,
+        options: options.clone(),
+    }))
 }
 
 struct RedisConnector {
@@ -50,14 +59,29 @@ impl Connector for RedisConnector {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| Error::Connection(format!("could not connect to Redis at {target}: {}", crate::scrub(&e.to_string(), &self.url))))?;
+            .map_err(|e| {
+                Error::Connection(format!(
+                    "could not connect to Redis at {target}: {}",
+                    crate::scrub(&e.to_string(), &self.url)
+                ))
+            })?;
         if let Some(db) = database {
-            let n: i64 = db
-                .parse()
-                .map_err(|_| Error::InvalidInput(format!("Redis databases are numbered; {db:?} is not a number")))?;
-            redis::cmd("SELECT").arg(n).query_async::<()>(&mut conn).await.map_err(command_error)?;
+            let n: i64 = db.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "Redis databases are numbered; {db:?} is not a number"
+                ))
+            })?;
+            redis::cmd("SELECT")
+                .arg(n)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(command_error)?;
         }
-        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap_or(-1);
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(-1);
         Ok(Box::new(RedisConnection { conn, id }))
     }
 }
@@ -80,7 +104,9 @@ struct NoCancel;
 #[async_trait]
 impl Canceller for NoCancel {
     async fn cancel(&self) -> Result<()> {
-        Err(Error::Unsupported("Redis runs each command atomically; a running command cannot be cancelled".into()))
+        Err(Error::Unsupported(
+            "Redis runs each command atomically; a running command cannot be cancelled".into(),
+        ))
     }
 }
 
@@ -93,7 +119,9 @@ impl RedisConnection {
         for a in rest {
             cmd.arg(a);
         }
-        cmd.query_async::<Value>(&mut self.conn).await.map_err(command_error)
+        cmd.query_async::<Value>(&mut self.conn)
+            .await
+            .map_err(command_error)
     }
 }
 
@@ -109,7 +137,11 @@ impl Connection for RedisConnection {
             .find_map(|l| l.strip_prefix("redis_version:"))
             .map(|v| format!("Redis {}", v.trim()))
             .unwrap_or_else(|| "Redis".into());
-        Ok(ServerInfo { engine: Engine::Redis, version, round_trip_ms })
+        Ok(ServerInfo {
+            engine: Engine::Redis,
+            version,
+            round_trip_ms,
+        })
     }
 
     async fn run<'a>(&'a mut self, sql: &'a str) -> Result<StatementOutput<'a>> {
@@ -117,7 +149,12 @@ impl Connection for RedisConnection {
         let reply = self.command(&args).await?;
         let name = args[0].to_ascii_uppercase();
         let (columns, rows) = reply_table(&name, reply);
-        let schema = unique_schema(columns.iter().map(|c| (c.to_string(), DataType::Utf8)).collect());
+        let schema = unique_schema(
+            columns
+                .iter()
+                .map(|c| (c.to_string(), DataType::Utf8))
+                .collect(),
+        );
         let arrays: Vec<ArrayRef> = (0..columns.len())
             .map(|i| {
                 let mut b = StringBuilder::new();
@@ -127,8 +164,12 @@ impl Connection for RedisConnection {
                 Arc::new(b.finish()) as ArrayRef
             })
             .collect();
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(StatementOutput::Rows { schema, batches: Box::pin(futures::stream::iter([Ok(batch)])) })
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(StatementOutput::Rows {
+            schema,
+            batches: Box::pin(futures::stream::iter([Ok(batch)])),
+        })
     }
 
     fn canceller(&self) -> Arc<dyn Canceller> {
@@ -136,8 +177,14 @@ impl Connection for RedisConnection {
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {
-        let count = match self.command(&["CONFIG".into(), "GET".into(), "databases".into()]).await {
-            Ok(v) => pairs(&v).first().and_then(|(_, n)| n.as_deref()?.parse::<u32>().ok()).unwrap_or(16),
+        let count = match self
+            .command(&["CONFIG".into(), "GET".into(), "databases".into()])
+            .await
+        {
+            Ok(v) => pairs(&v)
+                .first()
+                .and_then(|(_, n)| n.as_deref()?.parse::<u32>().ok())
+                .unwrap_or(16),
             Err(_) => 16,
         };
         Ok((0..count).map(|n| n.to_string()).collect())
@@ -147,7 +194,9 @@ impl Connection for RedisConnection {
         let mut keys = Vec::new();
         let mut cursor = "0".to_string();
         loop {
-            let reply = self.command(&["SCAN".into(), cursor.clone(), "COUNT".into(), "500".into()]).await?;
+            let reply = self
+                .command(&["SCAN".into(), cursor.clone(), "COUNT".into(), "500".into()])
+                .await?;
             let Value::Array(parts) = reply else { break };
             let mut parts = parts.into_iter();
             cursor = parts.next().map(|v| text(&v)).unwrap_or_else(|| "0".into());
@@ -167,7 +216,9 @@ impl Connection for RedisConnection {
         let replies: Vec<Value> = if keys.is_empty() {
             vec![]
         } else {
-            pipe.query_async(&mut self.conn).await.map_err(command_error)?
+            pipe.query_async(&mut self.conn)
+                .await
+                .map_err(command_error)?
         };
         Ok(keys
             .into_iter()
@@ -178,7 +229,14 @@ impl Connection for RedisConnection {
                     Some(Value::Int(t)) if *t >= 0 => Some(*t),
                     _ => None,
                 };
-                TableInfo { schema: None, name, kind, row_estimate: None, size_bytes: None, ttl_secs: ttl }
+                TableInfo {
+                    schema: None,
+                    name,
+                    kind,
+                    row_estimate: None,
+                    size_bytes: None,
+                    ttl_secs: ttl,
+                }
             })
             .collect())
     }
@@ -186,7 +244,11 @@ impl Connection for RedisConnection {
     async fn table(&mut self, _schema: Option<&str>, name: &str) -> Result<TableDetail> {
         let kind = text(&self.command(&["TYPE".into(), name.into()]).await?);
         let columns: &[&str] = match kind.as_str() {
-            "none" => return Err(Error::NotFound(format!("Redis key {name:?} does not exist"))),
+            "none" => {
+                return Err(Error::NotFound(format!(
+                    "Redis key {name:?} does not exist"
+                )));
+            }
             "hash" => &["field", "value"],
             "zset" => &["member", "score"],
             "stream" => &["id", "field", "value"],
@@ -217,7 +279,9 @@ impl Connection for RedisConnection {
             .lines()
             .map(|line| {
                 let field = |k: &str| {
-                    line.split(' ').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('='))).map(str::to_string)
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                        .map(str::to_string)
                 };
                 ServerSession {
                     id: field("id").and_then(|v| v.parse().ok()).unwrap_or_default(),
@@ -233,7 +297,10 @@ impl Connection for RedisConnection {
     }
 
     async fn kill_server_session(&mut self, id: i64) -> Result<()> {
-        match self.command(&["CLIENT".into(), "KILL".into(), "ID".into(), id.to_string()]).await? {
+        match self
+            .command(&["CLIENT".into(), "KILL".into(), "ID".into(), id.to_string()])
+            .await?
+        {
             Value::Int(n) if n > 0 => Ok(()),
             _ => Err(Error::NotFound(format!("no Redis client with id {id}"))),
         }
@@ -294,7 +361,9 @@ pub fn split_command(line: &str) -> Result<Vec<String>> {
         args.push(current);
     }
     if args.is_empty() {
-        return Err(Error::InvalidInput("empty Redis command: type a command such as GET key".into()));
+        return Err(Error::InvalidInput(
+            "empty Redis command: type a command such as GET key".into(),
+        ));
     }
     Ok(args)
 }
@@ -304,10 +373,16 @@ type Rows = Vec<Vec<Option<String>>>;
 /// Shapes a reply as a table according to the command that produced it.
 pub fn reply_table(command: &str, reply: Value) -> (Vec<&'static str>, Rows) {
     match (command, reply) {
-        ("HGETALL" | "CONFIG", v @ (Value::Array(_) | Value::Map(_))) => {
-            (vec!["field", "value"], pairs(&v).into_iter().map(|(k, v)| vec![Some(k), v]).collect())
-        }
-        ("ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE", Value::Array(items)) if items.iter().any(|i| matches!(i, Value::Array(_))) => {
+        ("HGETALL" | "CONFIG", v @ (Value::Array(_) | Value::Map(_))) => (
+            vec!["field", "value"],
+            pairs(&v)
+                .into_iter()
+                .map(|(k, v)| vec![Some(k), v])
+                .collect(),
+        ),
+        ("ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE", Value::Array(items))
+            if items.iter().any(|i| matches!(i, Value::Array(_))) =>
+        {
             let rows = items.iter().map(|pair| match pair {
                 Value::Array(p) => vec![p.first().map(text), p.get(1).map(text)],
                 other => vec![Some(text(other)), None],
@@ -317,7 +392,10 @@ pub fn reply_table(command: &str, reply: Value) -> (Vec<&'static str>, Rows) {
         ("SCAN" | "SSCAN" | "HSCAN" | "ZSCAN", Value::Array(parts)) => {
             let cursor = parts.first().map(text);
             let keys = match parts.get(1) {
-                Some(Value::Array(k)) => k.iter().map(|v| vec![cursor.clone(), Some(text(v))]).collect(),
+                Some(Value::Array(k)) => k
+                    .iter()
+                    .map(|v| vec![cursor.clone(), Some(text(v))])
+                    .collect(),
                 _ => vec![],
             };
             (vec!["cursor", "key"], keys)
@@ -337,9 +415,15 @@ pub fn reply_table(command: &str, reply: Value) -> (Vec<&'static str>, Rows) {
         }
         (_, Value::Map(entries)) => (
             vec!["field", "value"],
-            entries.iter().map(|(k, v)| vec![Some(text(k)), value_text(v)]).collect(),
+            entries
+                .iter()
+                .map(|(k, v)| vec![Some(text(k)), value_text(v)])
+                .collect(),
         ),
-        (_, Value::Array(items) | Value::Set(items)) => (vec!["value"], items.iter().map(|v| vec![value_text(v)]).collect()),
+        (_, Value::Array(items) | Value::Set(items)) => (
+            vec!["value"],
+            items.iter().map(|v| vec![value_text(v)]).collect(),
+        ),
         (_, other) => (vec!["value"], vec![vec![value_text(&other)]]),
     }
 }
@@ -347,7 +431,10 @@ pub fn reply_table(command: &str, reply: Value) -> (Vec<&'static str>, Rows) {
 fn pairs(v: &Value) -> Vec<(String, Option<String>)> {
     match v {
         Value::Map(m) => m.iter().map(|(k, v)| (text(k), value_text(v))).collect(),
-        Value::Array(items) => items.chunks(2).map(|c| (text(&c[0]), c.get(1).and_then(value_text))).collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|c| (text(&c[0]), c.get(1).and_then(value_text)))
+            .collect(),
         _ => vec![],
     }
 }
@@ -370,11 +457,17 @@ fn text(v: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::VerbatimString { text, .. } => text.clone(),
         Value::Array(items) | Value::Set(items) => {
-            format!("[{}]", items.iter().map(text).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items.iter().map(text).collect::<Vec<_>>().join(", ")
+            )
         }
         Value::Map(m) => format!(
             "{{{}}}",
-            m.iter().map(|(k, v)| format!("{}: {}", text(k), text(v))).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", text(k), text(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => format!("{other:?}"),
     }
@@ -387,11 +480,22 @@ mod tests {
     #[test]
     fn splits_commands_like_redis_cli() {
         assert_eq!(split_command("GET k").unwrap(), ["GET", "k"]);
-        assert_eq!(split_command(r#"SET "a b" 'c d'"#).unwrap(), ["SET", "a b", "c d"]);
-        assert_eq!(split_command(r#"SET k "x\"y""#).unwrap(), ["SET", "k", "x\"y"]);
+        assert_eq!(
+            split_command(r#"SET "a b" 'c d'"#).unwrap(),
+            ["SET", "a b", "c d"]
+        );
+        assert_eq!(
+            split_command(r#"SET k "x\"y""#).unwrap(),
+            ["SET", "k", "x\"y"]
+        );
         assert_eq!(split_command(r#"SET k """#).unwrap(), ["SET", "k", ""]);
         assert!(split_command("  ").is_err());
-        assert!(split_command("GET \"k").unwrap_err().message().contains("unbalanced"));
+        assert!(
+            split_command("GET \"k")
+                .unwrap_err()
+                .message()
+                .contains("unbalanced")
+        );
     }
 
     #[test]
@@ -402,10 +506,16 @@ mod tests {
         ]);
         let (cols, rows) = reply_table("HGETALL", hash);
         assert_eq!(cols, ["field", "value"]);
-        assert_eq!(rows, vec![vec![Some("f1".to_string()), Some("v1".to_string())]]);
+        assert_eq!(
+            rows,
+            vec![vec![Some("f1".to_string()), Some("v1".to_string())]]
+        );
         let scan = Value::Array(vec![
             Value::BulkString(b"17".to_vec()),
-            Value::Array(vec![Value::BulkString(b"a".to_vec()), Value::BulkString(b"b".to_vec())]),
+            Value::Array(vec![
+                Value::BulkString(b"a".to_vec()),
+                Value::BulkString(b"b".to_vec()),
+            ]),
         ]);
         let (cols, rows) = reply_table("SCAN", scan);
         assert_eq!(cols, ["cursor", "key"]);

@@ -21,8 +21,14 @@ pub fn connector_for(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Ar
     let mut matching = CONNECTORS.iter().filter(|(e, _)| *e == url.engine());
     match (matching.next(), matching.next()) {
         (Some((_, factory)), None) => factory(url, options),
-        (Some(_), Some(_)) => Err(Error::Internal(format!("two connectors are registered for {}", url.engine()))),
-        (None, _) => Err(Error::Unsupported(format!("no connector is registered for {}", url.engine()))),
+        (Some(_), Some(_)) => Err(Error::Internal(format!(
+            "two connectors are registered for {}",
+            url.engine()
+        ))),
+        (None, _) => Err(Error::Unsupported(format!(
+            "no connector is registered for {}",
+            url.engine()
+        ))),
     }
 }
 

@@ -30,7 +30,11 @@ pub fn split_statements(engine: Engine, script: &str) -> Vec<String> {
     let dialect = dialect(engine);
     let Ok(tokens) = Tokenizer::new(dialect.as_ref(), script).tokenize_with_location() else {
         let whole = script.trim().trim_end_matches(';').trim();
-        return if whole.is_empty() { vec![] } else { vec![whole.to_string()] };
+        return if whole.is_empty() {
+            vec![]
+        } else {
+            vec![whole.to_string()]
+        };
     };
     let offsets = LineOffsets::new(script);
     let mut statements = Vec::new();
@@ -48,7 +52,11 @@ pub fn split_statements(engine: Engine, script: &str) -> Vec<String> {
             _ => has_content = true,
         }
     }
-    push_statement(&mut statements, &script[start.min(script.len())..], has_content);
+    push_statement(
+        &mut statements,
+        &script[start.min(script.len())..],
+        has_content,
+    );
     statements
 }
 
@@ -124,14 +132,38 @@ mod tests {
 
     #[test]
     fn splits_on_top_level_semicolons_only() {
-        check(Engine::Postgres, "select 1; select 2;", &["select 1", "select 2"]);
-        check(Engine::Postgres, "select ';' as a; select 2", &["select ';' as a", "select 2"]);
-        check(Engine::Postgres, "select $$a;b$$; -- c;\nselect \"x;y\"", &["select $$a;b$$", "-- c;\nselect \"x;y\""]);
-        check(Engine::Mysql, "select `a;b` from t; ; ;", &["select `a;b` from t"]);
-        check(Engine::Sqlite, "insert into t values ('é;🚀');\nselect 1", &["insert into t values ('é;🚀')", "select 1"]);
+        check(
+            Engine::Postgres,
+            "select 1; select 2;",
+            &["select 1", "select 2"],
+        );
+        check(
+            Engine::Postgres,
+            "select ';' as a; select 2",
+            &["select ';' as a", "select 2"],
+        );
+        check(
+            Engine::Postgres,
+            "select $$a;b$$; -- c;\nselect \"x;y\"",
+            &["select $$a;b$$", "-- c;\nselect \"x;y\""],
+        );
+        check(
+            Engine::Mysql,
+            "select `a;b` from t; ; ;",
+            &["select `a;b` from t"],
+        );
+        check(
+            Engine::Sqlite,
+            "insert into t values ('é;🚀');\nselect 1",
+            &["insert into t values ('é;🚀')", "select 1"],
+        );
         check(Engine::Postgres, "  ", &[]);
         check(Engine::Postgres, "/* only a comment */", &[]);
-        check(Engine::Postgres, "select 'unterminated; x", &["select 'unterminated; x"]);
+        check(
+            Engine::Postgres,
+            "select 'unterminated; x",
+            &["select 'unterminated; x"],
+        );
         check(Engine::Redis, "SET a 1\n\nGET a\n", &["SET a 1", "GET a"]);
     }
 
@@ -139,8 +171,16 @@ mod tests {
     fn follows_transaction_state() {
         let pg = Engine::Postgres;
         assert!(transaction_state_after(pg, "BEGIN", false));
-        assert!(transaction_state_after(pg, "/* x */ start transaction", false));
-        assert!(transaction_state_after(pg, "insert into t values (1)", true));
+        assert!(transaction_state_after(
+            pg,
+            "/* x */ start transaction",
+            false
+        ));
+        assert!(transaction_state_after(
+            pg,
+            "insert into t values (1)",
+            true
+        ));
         assert!(transaction_state_after(pg, "rollback to savepoint a", true));
         assert!(!transaction_state_after(pg, "commit", true));
         assert!(!transaction_state_after(pg, "ROLLBACK", true));

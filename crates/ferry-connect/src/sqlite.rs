@@ -12,20 +12,26 @@ use async_trait::async_trait;
 use ferry_core::{ConnectionUrl, Engine, Error, Result};
 use futures::StreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
-use sqlx::{AssertSqlSafe, Column, ConnectOptions as _, Either, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use sqlx::{
+    AssertSqlSafe, Column, ConnectOptions as _, Either, Executor, Row, SqlSafeStr, Statement,
+    TypeInfo, ValueRef,
+};
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::postgres::{literal, qualified};
 use crate::{
-    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo, ServerInfo,
-    StatementOutput, TableDetail, TableInfo, query_strings, script,
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
+    ServerInfo, StatementOutput, TableDetail, TableInfo, query_strings, script,
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
     let base = SqliteConnectOptions::from_str(url.expose())
         .map_err(|e| Error::InvalidInput(format!("malformed SQLite URL {}: {e}", url.redacted())))?
         .busy_timeout(options.connect_timeout);
-    Ok(Arc::new(SqliteConnector { url: url.clone(), base }))
+    Ok(Arc::new(SqliteConnector {
+        url: url.clone(),
+        base,
+    }))
 }
 
 struct SqliteConnector {
@@ -46,7 +52,10 @@ impl Connector for SqliteConnector {
             )));
         }
         let mut conn = self.base.connect().await.map_err(|e| {
-            Error::Connection(format!("could not open SQLite database {}: {e}", self.url.redacted()))
+            Error::Connection(format!(
+                "could not open SQLite database {}: {e}",
+                self.url.redacted()
+            ))
         })?;
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
@@ -54,7 +63,11 @@ impl Connector for SqliteConnector {
             .await
             .map_err(|e| Error::Connection(e.to_string()))?
             .set_progress_handler(1000, move || !flag.load(Ordering::Relaxed));
-        Ok(Box::new(SqliteDb { conn, canceller: Arc::new(SqliteCanceller(interrupt)), in_transaction: false }))
+        Ok(Box::new(SqliteDb {
+            conn,
+            canceller: Arc::new(SqliteCanceller(interrupt)),
+            in_transaction: false,
+        }))
     }
 }
 
@@ -100,30 +113,51 @@ fn statement_error(e: sqlx::Error) -> Error {
 }
 
 fn value_type(row: &SqliteRow, i: usize) -> String {
-    row.try_get_raw(i).map(|v| v.type_info().name().to_string()).unwrap_or_default()
+    row.try_get_raw(i)
+        .map(|v| v.type_info().name().to_string())
+        .unwrap_or_default()
 }
 
 #[async_trait]
 impl Connection for SqliteDb {
     async fn test(&mut self) -> Result<ServerInfo> {
         let started = Instant::now();
-        sqlx::raw_sql("select 1").execute(&mut self.conn).await.map_err(statement_error)?;
+        sqlx::raw_sql("select 1")
+            .execute(&mut self.conn)
+            .await
+            .map_err(statement_error)?;
         let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let version: String =
-            sqlx::query_scalar("select sqlite_version()").fetch_one(&mut self.conn).await.map_err(statement_error)?;
-        Ok(ServerInfo { engine: Engine::Sqlite, version: format!("SQLite {version}"), round_trip_ms })
+        let version: String = sqlx::query_scalar("select sqlite_version()")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(statement_error)?;
+        Ok(ServerInfo {
+            engine: Engine::Sqlite,
+            version: format!("SQLite {version}"),
+            round_trip_ms,
+        })
     }
 
     async fn run<'a>(&'a mut self, sql: &'a str) -> Result<StatementOutput<'a>> {
         self.canceller.0.store(false, Ordering::Relaxed);
         let declared: Vec<(String, String)> = {
-            let stmt = (&mut self.conn).prepare(AssertSqlSafe(sql).into_sql_str()).await.map_err(statement_error)?;
-            stmt.columns().iter().map(|c| (c.name().to_string(), c.type_info().name().to_string())).collect()
+            let stmt = (&mut self.conn)
+                .prepare(AssertSqlSafe(sql).into_sql_str())
+                .await
+                .map_err(statement_error)?;
+            stmt.columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
+                .collect()
         };
         let in_tx_before = self.in_transaction;
         if declared.is_empty() {
-            let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.conn).await.map_err(statement_error)?;
-            self.in_transaction = script::transaction_state_after(Engine::Sqlite, sql, in_tx_before);
+            let result = sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut self.conn)
+                .await
+                .map_err(statement_error)?;
+            self.in_transaction =
+                script::transaction_state_after(Engine::Sqlite, sql, in_tx_before);
             return Ok(StatementOutput::Affected(result.rows_affected()));
         }
         let mut rows = sqlx::raw_sql(AssertSqlSafe(sql))
@@ -138,7 +172,10 @@ impl Connection for SqliteDb {
             .boxed()
             .peekable();
         // Expressions have no declared type: take the type of the first row's value.
-        let first = std::pin::Pin::new(&mut rows).peek().await.and_then(|r| r.as_ref().ok());
+        let first = std::pin::Pin::new(&mut rows)
+            .peek()
+            .await
+            .and_then(|r| r.as_ref().ok());
         let columns: Vec<(String, DataType)> = declared
             .into_iter()
             .enumerate()
@@ -151,7 +188,11 @@ impl Connection for SqliteDb {
             })
             .collect();
         let schema = unique_schema(columns);
-        let binary: Vec<bool> = schema.fields().iter().map(|f| f.data_type() == &DataType::Binary).collect();
+        let binary: Vec<bool> = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type() == &DataType::Binary)
+            .collect();
         let mut builder = TextBatchBuilder::new(schema.clone(), BinaryText::Raw);
         let batches = crate::batching::batches(rows, move |row: Option<SqliteRow>| match row {
             Some(row) => {
@@ -159,7 +200,10 @@ impl Connection for SqliteDb {
                     let value: Option<&[u8]> = if *is_binary {
                         row.try_get_unchecked(i).ok().flatten()
                     } else {
-                        row.try_get_unchecked::<Option<&str>, _>(i).ok().flatten().map(str::as_bytes)
+                        row.try_get_unchecked::<Option<&str>, _>(i)
+                            .ok()
+                            .flatten()
+                            .map(str::as_bytes)
                     };
                     builder.append(i, value);
                 }
@@ -180,7 +224,8 @@ impl Connection for SqliteDb {
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {
-        let rows = query_strings(self, "select name from pragma_database_list order by seq").await?;
+        let rows =
+            query_strings(self, "select name from pragma_database_list order by seq").await?;
         Ok(rows.into_iter().filter_map(|mut r| r.remove(0)).collect())
     }
 
@@ -196,14 +241,24 @@ impl Connection for SqliteDb {
             let kind = r[1].clone().unwrap_or_default();
             // SQLite keeps no row estimate; counting is cheap for the tables a console browses.
             let row_estimate = if kind == "table" {
-                query_strings(self, &format!("select count(*) from {}", qualified(None, &name)))
-                    .await?
-                    .first()
-                    .and_then(|r| r[0].as_deref()?.parse().ok())
+                query_strings(
+                    self,
+                    &format!("select count(*) from {}", qualified(None, &name)),
+                )
+                .await?
+                .first()
+                .and_then(|r| r[0].as_deref()?.parse().ok())
             } else {
                 None
             };
-            tables.push(TableInfo { schema: Some("main".into()), name, kind, row_estimate, size_bytes: None, ttl_secs: None });
+            tables.push(TableInfo {
+                schema: Some("main".into()),
+                name,
+                kind,
+                row_estimate,
+                size_bytes: None,
+                ttl_secs: None,
+            });
         }
         Ok(tables)
     }
@@ -249,7 +304,11 @@ impl Connection for SqliteDb {
             let column = r[2].clone().unwrap_or_default();
             match indexes.iter_mut().find(|i| i.name == idx) {
                 Some(i) => i.columns.push(column),
-                None => indexes.push(IndexInfo { name: idx, columns: vec![column], unique: r[1].as_deref() == Some("1") }),
+                None => indexes.push(IndexInfo {
+                    name: idx,
+                    columns: vec![column],
+                    unique: r[1].as_deref() == Some("1"),
+                }),
             }
         }
         Ok(TableDetail {

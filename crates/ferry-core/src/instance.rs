@@ -61,7 +61,12 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub const ALL: [Engine; 4] = [Engine::Postgres, Engine::Mysql, Engine::Sqlite, Engine::Redis];
+    pub const ALL: [Engine; 4] = [
+        Engine::Postgres,
+        Engine::Mysql,
+        Engine::Sqlite,
+        Engine::Redis,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,7 +90,11 @@ impl FromStr for Engine {
         Engine::ALL
             .into_iter()
             .find(|e| e.as_str() == s)
-            .ok_or_else(|| Error::InvalidInput(format!("unknown engine {s:?}: use postgres, mysql, sqlite or redis")))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown engine {s:?}: use postgres, mysql, sqlite or redis"
+                ))
+            })
     }
 }
 
@@ -102,7 +111,11 @@ pub struct ConnectionUrl {
 impl ConnectionUrl {
     pub fn parse(raw: &str) -> Result<Self> {
         let raw = raw.trim();
-        let scheme = raw.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = raw
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let engine = match scheme.as_str() {
             "postgres" | "postgresql" => Engine::Postgres,
             "mysql" | "mariadb" => Engine::Mysql,
@@ -138,7 +151,10 @@ impl ConnectionUrl {
                 )));
             }
         }
-        Ok(ConnectionUrl { raw: raw.to_string(), engine })
+        Ok(ConnectionUrl {
+            raw: raw.to_string(),
+            engine,
+        })
     }
 
     pub fn engine(&self) -> Engine {
@@ -238,7 +254,9 @@ impl FromStr for Environment {
             "dev" => Ok(Environment::Dev),
             "test" => Ok(Environment::Test),
             "prod" => Ok(Environment::Prod),
-            _ => Err(Error::InvalidInput(format!("unknown environment {s:?}: use dev, test or prod"))),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown environment {s:?}: use dev, test or prod"
+            ))),
         }
     }
 }
@@ -372,9 +390,15 @@ mod tests {
 
     #[test]
     fn redact_hides_passwords_only() {
-        check_redact("postgres://app:s3cret@db:5432/x", "postgres://app:***@db:5432/x");
+        check_redact(
+            "postgres://app:s3cret@db:5432/x",
+            "postgres://app:***@db:5432/x",
+        );
         check_redact("mysql://root@127.0.0.1/test", "mysql://root@127.0.0.1/test");
-        check_redact("redis://:pw@localhost:6379/0", "redis://:***@localhost:6379/0");
+        check_redact(
+            "redis://:pw@localhost:6379/0",
+            "redis://:***@localhost:6379/0",
+        );
         check_redact("sqlite:///tmp/a.db", "sqlite:///tmp/a.db");
         check_redact("postgres://u:p@ss@h/db", "postgres://u:***@h/db");
         check_redact("postgres://h/db?password=x", "postgres://h/db?password=x");
@@ -400,9 +424,15 @@ mod tests {
         check_url("sqlite:///tmp/x.db", Ok(Engine::Sqlite));
         check_url("sqlite::memory:", Ok(Engine::Sqlite));
         check_url("redis://127.0.0.1:6379/0", Ok(Engine::Redis));
-        check_url("oracle://x:s3cret@h/db", Err("unsupported connection URL scheme \"oracle\""));
+        check_url(
+            "oracle://x:s3cret@h/db",
+            Err("unsupported connection URL scheme \"oracle\""),
+        );
         check_url("localhost:5432", Err("unsupported connection URL scheme"));
-        check_url("postgres://a:s3cret@:99999999/db", Err("malformed postgres connection URL"));
+        check_url(
+            "postgres://a:s3cret@:99999999/db",
+            Err("malformed postgres connection URL"),
+        );
         check_url("sqlite://", Err("names no file"));
         check_url("", Err("no scheme"));
     }
@@ -413,8 +443,18 @@ mod tests {
         assert!(!format!("{u:?}").contains("s3cret"));
         assert!(!format!("{u}").contains("s3cret"));
         assert_eq!(u.password().as_deref(), Some("s3cret"));
-        assert_eq!(ConnectionUrl::parse("sqlite:///tmp/x.db").unwrap().sqlite_path(), Some("/tmp/x.db"));
-        assert_eq!(ConnectionUrl::parse("sqlite::memory:").unwrap().sqlite_path(), Some(":memory:"));
+        assert_eq!(
+            ConnectionUrl::parse("sqlite:///tmp/x.db")
+                .unwrap()
+                .sqlite_path(),
+            Some("/tmp/x.db")
+        );
+        assert_eq!(
+            ConnectionUrl::parse("sqlite::memory:")
+                .unwrap()
+                .sqlite_path(),
+            Some(":memory:")
+        );
     }
 
     #[test]
@@ -429,14 +469,30 @@ mod tests {
 
     #[test]
     fn settings_round_trip_and_reject_unknown_fields() {
-        let s = InstanceSettings { max_connections: 3, ..InstanceSettings::default() };
+        let s = InstanceSettings {
+            max_connections: 3,
+            ..InstanceSettings::default()
+        };
         let json = serde_json::to_string(&s).unwrap();
         let back: InstanceSettings = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
         let err = serde_json::from_str::<KillPolicy>(r#"{"idle_timeout": 1}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `idle_timeout`"), "{err}");
-        let dup = KillPolicy { yield_order: vec![Feature::Console, Feature::Console], ..KillPolicy::default() };
+        assert!(
+            err.to_string().contains("unknown field `idle_timeout`"),
+            "{err}"
+        );
+        let dup = KillPolicy {
+            yield_order: vec![Feature::Console, Feature::Console],
+            ..KillPolicy::default()
+        };
         assert!(dup.validate().is_err());
-        assert!(InstanceSettings { max_connections: 0, ..InstanceSettings::default() }.validate().is_err());
+        assert!(
+            InstanceSettings {
+                max_connections: 0,
+                ..InstanceSettings::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

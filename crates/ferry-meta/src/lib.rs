@@ -73,7 +73,11 @@ pub trait InstanceRepo: Send + Sync {
 pub trait PolicyActionRepo: Send + Sync {
     async fn insert_policy_action(&self, rec: &PolicyActionRecord) -> Result<()>;
     /// Newest first.
-    async fn list_policy_actions(&self, instance: Option<&str>, limit: i64) -> Result<Vec<PolicyActionRecord>>;
+    async fn list_policy_actions(
+        &self,
+        instance: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PolicyActionRecord>>;
 }
 
 #[async_trait]

@@ -36,7 +36,10 @@ impl MasterKey {
 
     fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| {
-            Error::InvalidInput(format!("the master key must be 32 bytes, got {}", bytes.len()))
+            Error::InvalidInput(format!(
+                "the master key must be 32 bytes, got {}",
+                bytes.len()
+            ))
         })?;
         Ok(MasterKey { cipher })
     }
@@ -56,7 +59,10 @@ impl MasterKey {
                 tracing::info!(path = %path.display(), "created a new master key");
                 Self::from_bytes(key.as_slice())
             }
-            Err(e) => Err(Error::InvalidInput(format!("cannot read the master key at {}: {e}", path.display()))),
+            Err(e) => Err(Error::InvalidInput(format!(
+                "cannot read the master key at {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -84,7 +90,10 @@ impl MasterKey {
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).map_err(|_| undecryptable())?;
-        let plain = self.cipher.decrypt(&nonce, ciphertext).map_err(|_| undecryptable())?;
+        let plain = self
+            .cipher
+            .decrypt(&nonce, ciphertext)
+            .map_err(|_| undecryptable())?;
         String::from_utf8(plain).map_err(|_| undecryptable())
     }
 }
@@ -98,9 +107,18 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Error::InvalidInput(format!("cannot create the master key file {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::InvalidInput(format!("cannot write the master key file {}: {e}", path.display())))
+        .map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot create the master key file {}: {e}",
+                path.display()
+            ))
+        })?;
+    f.write_all(text.as_bytes()).map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot write the master key file {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -118,7 +136,10 @@ mod tests {
         let again = MasterKey::load_or_create(dir.path()).unwrap();
         assert_eq!(again.decrypt(&sealed).unwrap(), "postgres://u:s3cret@h/db");
         let other = MasterKey::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
-        assert_eq!(other.decrypt(&sealed).unwrap_err().code(), "permission_denied");
+        assert_eq!(
+            other.decrypt(&sealed).unwrap_err().code(),
+            "permission_denied"
+        );
         assert!(format!("{key:?}").contains("***"));
     }
 
@@ -128,13 +149,26 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         MasterKey::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
     fn bad_keys_are_explained() {
-        assert!(MasterKey::from_base64("not base64!").unwrap_err().message().contains("base64"));
-        assert!(MasterKey::from_base64("AAAA").unwrap_err().message().contains("32 bytes"));
+        assert!(
+            MasterKey::from_base64("not base64!")
+                .unwrap_err()
+                .message()
+                .contains("base64")
+        );
+        assert!(
+            MasterKey::from_base64("AAAA")
+                .unwrap_err()
+                .message()
+                .contains("32 bytes")
+        );
     }
 }

@@ -9,7 +9,10 @@ use ferry_core::{Error, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::{InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, PolicyActionRepo, QueryRecord, QueryRepo};
+use crate::{
+    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, PolicyActionRepo, QueryRecord,
+    QueryRepo,
+};
 
 /// Schema migrations, applied in order once each. Append only; never edit a released one.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -59,7 +62,9 @@ pub struct SqlStore {
 
 fn store_error(e: sqlx::Error) -> Error {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict(db.message().to_string()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::Conflict(db.message().to_string())
+        }
         sqlx::Error::Database(db) => Error::Internal(format!("metadata store: {}", db.message())),
         _ => Error::Internal(format!("metadata store: {e}")),
     }
@@ -93,7 +98,9 @@ impl SqlStore {
             ))
         };
         // One direct connection first: a pool would retry an unreachable server until its timeout.
-        let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.map_err(unreachable)?;
+        let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+            .await
+            .map_err(unreachable)?;
         let _ = sqlx::Connection::close(probe).await;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == "sqlite" { 4 } else { 10 })
@@ -102,7 +109,10 @@ impl SqlStore {
             .await
             .map_err(unreachable)?;
         if backend == "sqlite" {
-            sqlx::raw_sql("pragma journal_mode = wal").execute(&pool).await.map_err(store_error)?;
+            sqlx::raw_sql("pragma journal_mode = wal")
+                .execute(&pool)
+                .await
+                .map_err(store_error)?;
         }
         let store = SqlStore { pool, backend };
         store.migrate().await?;
@@ -124,7 +134,10 @@ impl SqlStore {
             }
             let mut tx = self.pool.begin().await.map_err(store_error)?;
             for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string())).execute(&mut *tx).await.map_err(store_error)?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
             }
             sqlx::query("insert into ferry_migrations (version, applied_at_ms) values ($1, $2)")
                 .bind(*version)
@@ -133,7 +146,11 @@ impl SqlStore {
                 .await
                 .map_err(store_error)?;
             tx.commit().await.map_err(store_error)?;
-            tracing::info!(version, backend = self.backend, "applied metadata migration");
+            tracing::info!(
+                version,
+                backend = self.backend,
+                "applied metadata migration"
+            );
         }
         Ok(())
     }
@@ -158,7 +175,8 @@ fn instance_from(row: &AnyRow) -> Result<InstanceRecord> {
     })
 }
 
-const INSTANCE_COLUMNS: &str = "name, engine, environment, url_redacted, url_secret, settings, created_at_ms, updated_at_ms";
+const INSTANCE_COLUMNS: &str =
+    "name, engine, environment, url_redacted, url_secret, settings, created_at_ms, updated_at_ms";
 
 #[async_trait]
 impl InstanceRepo for SqlStore {
@@ -203,25 +221,32 @@ impl InstanceRepo for SqlStore {
         .await
         .map_err(store_error)?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("instance \"{}\" not found", r.name)));
+            return Err(Error::NotFound(format!(
+                "instance \"{}\" not found",
+                r.name
+            )));
         }
         Ok(())
     }
 
     async fn get_instance(&self, name: &str) -> Result<Option<InstanceRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("select {INSTANCE_COLUMNS} from instances where name = $1")))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {INSTANCE_COLUMNS} from instances where name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
         row.as_ref().map(instance_from).transpose()
     }
 
     async fn list_instances(&self) -> Result<Vec<InstanceRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("select {INSTANCE_COLUMNS} from instances order by name")))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {INSTANCE_COLUMNS} from instances order by name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
         rows.iter().map(instance_from).collect()
     }
 
@@ -251,7 +276,11 @@ impl PolicyActionRepo for SqlStore {
         Ok(())
     }
 
-    async fn list_policy_actions(&self, instance: Option<&str>, limit: i64) -> Result<Vec<PolicyActionRecord>> {
+    async fn list_policy_actions(
+        &self,
+        instance: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PolicyActionRecord>> {
         let rows = sqlx::query(
             "select id, instance, action, feature, detail, at_ms from policy_actions \
              where ($1 is null or instance = $1) order by at_ms desc, id limit $2",
@@ -342,11 +371,13 @@ impl QueryRepo for SqlStore {
     }
 
     async fn get_query(&self, id: &str) -> Result<Option<QueryRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("select {QUERY_COLUMNS} from queries where id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {QUERY_COLUMNS} from queries where id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
         row.as_ref().map(query_from).transpose()
     }
 

@@ -1,6 +1,8 @@
 //! The same repository suite on both backends: the embedded SQLite store and PostgreSQL.
 
-use ferry_meta::{InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore, now_ms};
+use ferry_meta::{
+    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore, now_ms,
+};
 
 fn instance(name: &str) -> InstanceRecord {
     InstanceRecord {
@@ -21,17 +23,36 @@ async fn suite(store: &dyn MetaStore) {
     store.insert_instance(&instance("a")).await.unwrap();
     let dup = store.insert_instance(&instance("a")).await.unwrap_err();
     assert_eq!(dup.code(), "conflict");
-    assert!(dup.message().contains("instance \"a\" already exists"), "{dup}");
+    assert!(
+        dup.message().contains("instance \"a\" already exists"),
+        "{dup}"
+    );
     let mut a = store.get_instance("a").await.unwrap().expect("a exists");
     a.environment = "prod".into();
     store.update_instance(&a).await.unwrap();
-    assert_eq!(store.get_instance("a").await.unwrap().unwrap().environment, "prod");
-    let names: Vec<_> = store.list_instances().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(
+        store.get_instance("a").await.unwrap().unwrap().environment,
+        "prod"
+    );
+    let names: Vec<_> = store
+        .list_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(names, ["a", "b"]);
     assert!(store.delete_instance("b").await.unwrap());
     assert!(!store.delete_instance("b").await.unwrap());
     assert!(store.get_instance("b").await.unwrap().is_none());
-    assert_eq!(store.update_instance(&instance("missing")).await.unwrap_err().code(), "not_found");
+    assert_eq!(
+        store
+            .update_instance(&instance("missing"))
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
 
     // Policy actions: newest first, filtered by instance.
     for (i, inst) in ["a", "a", "c"].iter().enumerate() {
@@ -48,7 +69,10 @@ async fn suite(store: &dyn MetaStore) {
             .unwrap();
     }
     let only_a = store.list_policy_actions(Some("a"), 10).await.unwrap();
-    assert_eq!(only_a.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>(), ["detail 1", "detail 0"]);
+    assert_eq!(
+        only_a.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>(),
+        ["detail 1", "detail 0"]
+    );
     assert_eq!(store.list_policy_actions(None, 2).await.unwrap().len(), 2);
 
     // Queries: lifecycle and recovery of unfinished ones.
@@ -73,11 +97,24 @@ async fn suite(store: &dyn MetaStore) {
     q.result_path = Some("queries/q1.arrow".into());
     store.update_query(&q).await.unwrap();
     assert_eq!(store.get_query("q1").await.unwrap().unwrap(), q);
-    let q2 = QueryRecord { id: "q2".into(), status: "running".into(), ..q.clone() };
+    let q2 = QueryRecord {
+        id: "q2".into(),
+        status: "running".into(),
+        ..q.clone()
+    };
     store.insert_query(&q2).await.unwrap();
-    assert_eq!(store.fail_unfinished_queries("node restarted").await.unwrap(), 1);
+    assert_eq!(
+        store
+            .fail_unfinished_queries("node restarted")
+            .await
+            .unwrap(),
+        1
+    );
     let q2 = store.get_query("q2").await.unwrap().unwrap();
-    assert_eq!((q2.status.as_str(), q2.error.as_deref()), ("failed", Some("node restarted")));
+    assert_eq!(
+        (q2.status.as_str(), q2.error.as_deref()),
+        ("failed", Some("node restarted"))
+    );
     assert_eq!(store.list_queries(10).await.unwrap().len(), 2);
 }
 
@@ -95,7 +132,9 @@ async fn sqlite_store_passes_the_suite_and_reopens() {
 
 #[tokio::test]
 async fn postgres_store_passes_the_suite() {
-    let Some(admin) = ferry_testkit::postgres() else { return };
+    let Some(admin) = ferry_testkit::postgres() else {
+        return;
+    };
     let url = ferry_testkit::fresh_postgres_db(&admin).await;
     let store = SqlStore::open(&url).await.unwrap();
     assert_eq!(store.backend(), "postgres");

@@ -28,7 +28,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(e) => Err(bad_request(match e {
-                JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text()),
+                JsonRejection::JsonDataError(e) => {
+                    format!("invalid request body: {}", e.body_text())
+                }
                 other => format!("invalid request body: {}", other.body_text()),
             })),
         }
@@ -44,7 +46,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(e) => Err(bad_request(match e {
-                QueryRejection::FailedToDeserializeQueryString(e) => format!("invalid query string: {}", e.body_text()),
+                QueryRejection::FailedToDeserializeQueryString(e) => {
+                    format!("invalid query string: {}", e.body_text())
+                }
                 other => other.body_text(),
             })),
         }
@@ -53,15 +57,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ferry API", description = "Instances, SQL console, SQL windows and async queries"),
+    info(
+        title = "Ferry API",
+        description = "Instances, SQL console, SQL windows and async queries"
+    ),
     paths(
-        healthz, list_instances, add_instance, show_instance, update_instance, remove_instance, test_instance,
-        databases, tables, table, processes, kill_process, connections, run_sql,
-        open_session, list_sessions, show_session, close_session, run_session_sql,
-        submit_query, list_queries, show_query, cancel_query, query_result, policy_actions
+        healthz,
+        list_instances,
+        add_instance,
+        show_instance,
+        update_instance,
+        remove_instance,
+        test_instance,
+        databases,
+        tables,
+        table,
+        processes,
+        kill_process,
+        connections,
+        run_sql,
+        open_session,
+        list_sessions,
+        show_session,
+        close_session,
+        run_session_sql,
+        submit_query,
+        list_queries,
+        show_query,
+        cancel_query,
+        query_result,
+        policy_actions
     ),
     components(schemas(
-        AddInstance, UpdateInstance, InstanceDto, SqlRequest, ScriptResult, OpenSession, SessionDto, SubmitQuery, QueryDto
+        AddInstance,
+        UpdateInstance,
+        InstanceDto,
+        SqlRequest,
+        ScriptResult,
+        OpenSession,
+        SessionDto,
+        SubmitQuery,
+        QueryDto
     ))
 )]
 pub struct ApiDoc;
@@ -72,23 +108,38 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/instances", get(list_instances).post(add_instance))
-        .route("/api/v1/instances/{name}", get(show_instance).patch(update_instance).delete(remove_instance))
+        .route(
+            "/api/v1/instances/{name}",
+            get(show_instance)
+                .patch(update_instance)
+                .delete(remove_instance),
+        )
         .route("/api/v1/instances/{name}/test", post(test_instance))
         .route("/api/v1/instances/{name}/databases", get(databases))
         .route("/api/v1/instances/{name}/tables", get(tables))
         .route("/api/v1/instances/{name}/tables/{table}", get(table))
         .route("/api/v1/instances/{name}/processes", get(processes))
-        .route("/api/v1/instances/{name}/processes/{id}", delete(kill_process))
+        .route(
+            "/api/v1/instances/{name}/processes/{id}",
+            delete(kill_process),
+        )
         .route("/api/v1/instances/{name}/connections", get(connections))
         .route("/api/v1/instances/{name}/sql", post(run_sql))
         .route("/api/v1/sessions", get(list_sessions).post(open_session))
-        .route("/api/v1/sessions/{id}", get(show_session).delete(close_session))
+        .route(
+            "/api/v1/sessions/{id}",
+            get(show_session).delete(close_session),
+        )
         .route("/api/v1/sessions/{id}/sql", post(run_session_sql))
         .route("/api/v1/queries", get(list_queries).post(submit_query))
         .route("/api/v1/queries/{id}", get(show_query).delete(cancel_query))
         .route("/api/v1/queries/{id}/result", get(query_result))
         .route("/api/v1/policy-actions", get(policy_actions))
-        .fallback(|| async { ApiError(Error::NotFound("no such API endpoint; see /api/v1/openapi.json".into())) })
+        .fallback(|| async {
+            ApiError(Error::NotFound(
+                "no such API endpoint; see /api/v1/openapi.json".into(),
+            ))
+        })
         .with_state(state)
 }
 
@@ -99,13 +150,27 @@ async fn healthz(State(state): State<SharedState>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<SharedState>) -> Response {
     let body = state.metrics.render(&state);
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
     match ApiDoc::openapi().to_pretty_json() {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response(),
-        Err(e) => ApiError(Error::Internal(format!("rendering the OpenAPI document: {e}"))).into_response(),
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError(Error::Internal(format!(
+            "rendering the OpenAPI document: {e}"
+        )))
+        .into_response(),
     }
 }
 
@@ -114,7 +179,10 @@ async fn list_instances(State(state): State<SharedState>) -> ApiResult<Json<Vec<
     let pools = state.instances.cached();
     let mut out = Vec::new();
     for rec in state.meta.list_instances().await? {
-        let stats = pools.iter().find(|p| p.name().as_str() == rec.name).map(|p| p.stats());
+        let stats = pools
+            .iter()
+            .find(|p| p.name().as_str() == rec.name)
+            .map(|p| p.stats());
         out.push(instances::dto(&rec, stats)?);
     }
     Ok(Json(out))
@@ -122,15 +190,30 @@ async fn list_instances(State(state): State<SharedState>) -> ApiResult<Json<Vec<
 
 #[utoipa::path(post, path = "/api/v1/instances", request_body = AddInstance,
     responses((status = 201, body = InstanceDto), (status = 400), (status = 409), (status = 502)))]
-async fn add_instance(State(state): State<SharedState>, ApiJson(req): ApiJson<AddInstance>) -> ApiResult<Response> {
+async fn add_instance(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<AddInstance>,
+) -> ApiResult<Response> {
     let (dto, info) = instances::add(&state, req).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "instance": dto, "server": info }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "instance": dto, "server": info })),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{name}", responses((status = 200, body = InstanceDto), (status = 404)))]
-async fn show_instance(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<Json<InstanceDto>> {
+async fn show_instance(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<InstanceDto>> {
     let rec = state.instance_record(&name).await?;
-    let stats = state.instances.cached().iter().find(|p| p.name().as_str() == name).map(|p| p.stats());
+    let stats = state
+        .instances
+        .cached()
+        .iter()
+        .find(|p| p.name().as_str() == name)
+        .map(|p| p.stats());
     Ok(Json(instances::dto(&rec, stats)?))
 }
 
@@ -144,15 +227,23 @@ async fn update_instance(
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{name}", responses((status = 204), (status = 404)))]
-async fn remove_instance(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_instance(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     instances::remove(&state, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{name}/test", responses((status = 200, description = "Server version and round trip")))]
-async fn test_instance(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<Json<ferry_connect::ServerInfo>> {
+async fn test_instance(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ferry_connect::ServerInfo>> {
     let pool = state.pool(&name).await?;
-    let mut lease = pool.acquire(Feature::System, None, "connection test").await?;
+    let mut lease = pool
+        .acquire(Feature::System, None, "connection test")
+        .await?;
     Ok(Json(lease.conn().test().await?))
 }
 
@@ -164,7 +255,10 @@ struct DatabaseParam {
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{name}/databases", responses((status = 200, body = Vec<String>)))]
-async fn databases(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<Json<Vec<String>>> {
+async fn databases(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
     let pool = state.pool(&name).await?;
     let mut lease = pool.acquire(Feature::System, None, "catalog").await?;
     Ok(Json(lease.conn().databases().await?))
@@ -178,7 +272,9 @@ async fn tables(
     ApiQuery(p): ApiQuery<DatabaseParam>,
 ) -> ApiResult<Json<Vec<ferry_connect::TableInfo>>> {
     let pool = state.pool(&name).await?;
-    let mut lease = pool.acquire(Feature::System, p.database.as_deref(), "catalog").await?;
+    let mut lease = pool
+        .acquire(Feature::System, p.database.as_deref(), "catalog")
+        .await?;
     Ok(Json(lease.conn().tables().await?))
 }
 
@@ -194,19 +290,27 @@ async fn table(
         (ferry_core::Engine::Redis, _) | (_, None) => (None, table.as_str()),
         (_, Some((s, t))) => (Some(s), t),
     };
-    let mut lease = pool.acquire(Feature::System, p.database.as_deref(), "catalog").await?;
+    let mut lease = pool
+        .acquire(Feature::System, p.database.as_deref(), "catalog")
+        .await?;
     Ok(Json(lease.conn().table(schema, table_name).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{name}/processes", responses((status = 200, description = "Server-side sessions")))]
-async fn processes(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<Json<Vec<ferry_connect::ServerSession>>> {
+async fn processes(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<ferry_connect::ServerSession>>> {
     let pool = state.pool(&name).await?;
     let mut lease = pool.acquire(Feature::System, None, "process list").await?;
     Ok(Json(lease.conn().server_sessions().await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{name}/processes/{id}", responses((status = 204), (status = 404)))]
-async fn kill_process(State(state): State<SharedState>, Path((name, id)): Path<(String, i64)>) -> ApiResult<StatusCode> {
+async fn kill_process(
+    State(state): State<SharedState>,
+    Path((name, id)): Path<(String, i64)>,
+) -> ApiResult<StatusCode> {
     let pool = state.pool(&name).await?;
     let mut lease = pool.acquire(Feature::System, None, "kill").await?;
     lease.conn().kill_server_session(id).await?;
@@ -215,20 +319,32 @@ async fn kill_process(State(state): State<SharedState>, Path((name, id)): Path<(
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{name}/connections", responses((status = 200, description = "Pool counters and leases")))]
-async fn connections(State(state): State<SharedState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn connections(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let pool = state.pool(&name).await?;
-    Ok(Json(serde_json::json!({ "stats": pool.stats(), "leases": pool.leases() })))
+    Ok(Json(
+        serde_json::json!({ "stats": pool.stats(), "leases": pool.leases() }),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{name}/sql", request_body = SqlRequest,
     responses((status = 200, body = ScriptResult, description = "JSON results, or a stream in the requested format"),
               (status = 429, description = "The instance is at its connection cap")))]
-async fn run_sql(State(state): State<SharedState>, Path(name): Path<String>, ApiJson(req): ApiJson<SqlRequest>) -> ApiResult<Response> {
+async fn run_sql(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SqlRequest>,
+) -> ApiResult<Response> {
     Ok(console::run_request(&state, &name, req).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = OpenSession, responses((status = 201, body = SessionDto)))]
-async fn open_session(State(state): State<SharedState>, ApiJson(req): ApiJson<OpenSession>) -> ApiResult<Response> {
+async fn open_session(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<OpenSession>,
+) -> ApiResult<Response> {
     let dto = sessions::open(&state, req).await?;
     Ok((StatusCode::CREATED, Json(dto)).into_response())
 }
@@ -239,46 +355,86 @@ async fn list_sessions(State(state): State<SharedState>) -> Json<Vec<SessionDto>
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", responses((status = 200, body = SessionDto), (status = 404)))]
-async fn show_session(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<SessionDto>> {
+async fn show_session(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionDto>> {
     let window = state.sessions.get(&id)?;
-    Ok(Json(state.sessions.list().into_iter().find(|s| s.id == window.id).ok_or_else(|| Error::NotFound(format!("SQL window {id} was closed")))?))
+    Ok(Json(
+        state
+            .sessions
+            .list()
+            .into_iter()
+            .find(|s| s.id == window.id)
+            .ok_or_else(|| Error::NotFound(format!("SQL window {id} was closed")))?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", responses((status = 200, description = "Closed; says whether a transaction was rolled back")))]
-async fn close_session(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn close_session(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let rolled_back = sessions::close_now(&state, &id, "closed by request")?;
-    Ok(Json(serde_json::json!({ "closed": true, "rolled_back": rolled_back })))
+    Ok(Json(
+        serde_json::json!({ "closed": true, "rolled_back": rolled_back }),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/sql", request_body = SqlRequest, responses((status = 200, body = ScriptResult)))]
-async fn run_session_sql(State(state): State<SharedState>, Path(id): Path<String>, ApiJson(req): ApiJson<SqlRequest>) -> ApiResult<Response> {
+async fn run_session_sql(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SqlRequest>,
+) -> ApiResult<Response> {
     Ok(sessions::run(&state, &id, req).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/queries", request_body = SubmitQuery, responses((status = 202, body = QueryDto)))]
-async fn submit_query(State(state): State<SharedState>, ApiJson(req): ApiJson<SubmitQuery>) -> ApiResult<Response> {
+async fn submit_query(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<SubmitQuery>,
+) -> ApiResult<Response> {
     let dto = queries::submit(&state, req).await?;
     Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/queries", responses((status = 200, body = Vec<QueryDto>)))]
 async fn list_queries(State(state): State<SharedState>) -> ApiResult<Json<Vec<QueryDto>>> {
-    Ok(Json(state.meta.list_queries(200).await?.into_iter().map(QueryDto::from).collect()))
+    Ok(Json(
+        state
+            .meta
+            .list_queries(200)
+            .await?
+            .into_iter()
+            .map(QueryDto::from)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/queries/{id}", responses((status = 200, body = QueryDto), (status = 404)))]
-async fn show_query(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<QueryDto>> {
+async fn show_query(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<QueryDto>> {
     Ok(Json(queries::get(&state, &id).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/queries/{id}", responses((status = 200, body = QueryDto), (status = 409)))]
-async fn cancel_query(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<QueryDto>> {
+async fn cancel_query(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<QueryDto>> {
     Ok(Json(queries::cancel(&state, &id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/queries/{id}/result", params(ResultParams),
     responses((status = 200, description = "A JSON page, or the whole result streamed"), (status = 409, description = "No result yet")))]
-async fn query_result(State(state): State<SharedState>, Path(id): Path<String>, ApiQuery(p): ApiQuery<ResultParams>) -> ApiResult<Response> {
+async fn query_result(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    ApiQuery(p): ApiQuery<ResultParams>,
+) -> ApiResult<Response> {
     Ok(queries::result(&state, &id, p).await?)
 }
 
@@ -294,5 +450,13 @@ async fn policy_actions(
     State(state): State<SharedState>,
     ApiQuery(p): ApiQuery<ActionParams>,
 ) -> ApiResult<Json<Vec<ferry_meta::PolicyActionRecord>>> {
-    Ok(Json(state.meta.list_policy_actions(p.instance.as_deref(), p.limit.unwrap_or(100).clamp(1, 10_000)).await?))
+    Ok(Json(
+        state
+            .meta
+            .list_policy_actions(
+                p.instance.as_deref(),
+                p.limit.unwrap_or(100).clamp(1, 10_000),
+            )
+            .await?,
+    ))
 }

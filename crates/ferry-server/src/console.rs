@@ -47,7 +47,10 @@ pub struct ErrorDto {
 
 impl From<&Error> for ErrorDto {
     fn from(e: &Error) -> Self {
-        ErrorDto { code: e.code().to_string(), message: e.message().to_string() }
+        ErrorDto {
+            code: e.code().to_string(),
+            message: e.message().to_string(),
+        }
     }
 }
 
@@ -84,7 +87,11 @@ pub struct ScriptResult {
 }
 
 /// Checks the request and splits it; nothing has run yet.
-pub fn plan(state: &SharedState, engine: ferry_core::Engine, req: &SqlRequest) -> Result<(Vec<String>, Option<usize>)> {
+pub fn plan(
+    state: &SharedState,
+    engine: ferry_core::Engine,
+    req: &SqlRequest,
+) -> Result<(Vec<String>, Option<usize>)> {
     let statements = script::split_statements(engine, &req.sql);
     if statements.is_empty() {
         return Err(Error::InvalidInput("no SQL statement given".into()));
@@ -95,7 +102,11 @@ pub fn plan(state: &SharedState, engine: ferry_core::Engine, req: &SqlRequest) -
             return Err(Error::InvalidInput(format!(
                 "interactive results hold at most {} rows, {} asked: stream the result with format csv, ndjson or arrow, or submit an async query",
                 state.config.max_interactive_rows,
-                if n == 0 { "unlimited".to_string() } else { n.to_string() }
+                if n == 0 {
+                    "unlimited".to_string()
+                } else {
+                    n.to_string()
+                }
             )));
         }
         (_, Some(0)) => None,
@@ -142,7 +153,9 @@ pub async fn run_interactive(
     for sql in statements {
         let started = Instant::now();
         let outcome = match lease.revoked() {
-            Some(reason) => Err(Error::Cancelled(format!("the SQL window was closed by a policy: {reason}"))),
+            Some(reason) => Err(Error::Cancelled(format!(
+                "the SQL window was closed by a policy: {reason}"
+            ))),
             None => {
                 let watch = lease.watch_runtime(max_runtime(lease), "console statement");
                 let (pool, revocation) = (lease.pool().clone(), lease.revocation());
@@ -151,7 +164,9 @@ pub async fn run_interactive(
             }
         };
         let duration = started.elapsed();
-        state.metrics.statement(&instance, outcome.is_ok(), duration);
+        state
+            .metrics
+            .statement(&instance, outcome.is_ok(), duration);
         let failed = outcome.is_err();
         results.push(match outcome {
             Ok(Outcome::Rows { columns, batches, truncated }) => {
@@ -210,7 +225,11 @@ fn error_result(statement: String, duration: Duration, e: &Error) -> StatementRe
 }
 
 enum Outcome {
-    Rows { columns: Vec<ColumnDto>, batches: Vec<RecordBatch>, truncated: bool },
+    Rows {
+        columns: Vec<ColumnDto>,
+        batches: Vec<RecordBatch>,
+        truncated: bool,
+    },
     Affected(u64),
 }
 
@@ -242,7 +261,11 @@ async fn run_one(lease: &mut Lease, sql: &str, limit: Option<usize>) -> Result<O
         // Stop the server from producing rows nobody will read.
         let _ = canceller.cancel().await;
     }
-    Ok(Outcome::Rows { columns: columns_of(&kept.first().map(|b| b.schema()).unwrap_or(schema)), batches: kept, truncated })
+    Ok(Outcome::Rows {
+        columns: columns_of(&kept.first().map(|b| b.schema()).unwrap_or(schema)),
+        batches: kept,
+        truncated,
+    })
 }
 
 /// Something that owns a lease for as long as a streamed result runs.
@@ -301,7 +324,9 @@ pub async fn stream_statement<H: LeaseHolder>(
         let mut remaining = limit.unwrap_or(usize::MAX);
         let mut failure = None;
         while ok && remaining > 0 {
-            let Some(batch) = batches.next().await else { break };
+            let Some(batch) = batches.next().await else {
+                break;
+            };
             let batch = match batch {
                 Ok(b) if b.num_rows() > remaining => b.slice(0, remaining),
                 Ok(b) => b,
@@ -325,7 +350,9 @@ pub async fn stream_statement<H: LeaseHolder>(
             // Client gone, limit reached or an error: stop the statement on the server.
             let _ = canceller.cancel().await;
         }
-        state.metrics.statement(&instance, failure.is_none(), started.elapsed());
+        state
+            .metrics
+            .statement(&instance, failure.is_none(), started.elapsed());
         match failure {
             Some(e) => {
                 let e = explain(e, &watch, &pool, &revocation);
@@ -337,7 +364,9 @@ pub async fn stream_statement<H: LeaseHolder>(
                     let _ = tx.send(Ok(tail)).await;
                 }
             }
-            None => tracing::info!(instance = %instance, "client stopped reading a streamed result"),
+            None => {
+                tracing::info!(instance = %instance, "client stopped reading a streamed result")
+            }
         }
     });
     match ready_rx.await {
@@ -345,13 +374,19 @@ pub async fn stream_statement<H: LeaseHolder>(
             let body = Body::from_stream(tokio_stream_from(rx));
             Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
         }
-        Ok(Ok(Some(affected))) => Ok(axum::Json(serde_json::json!({ "affected": affected })).into_response()),
+        Ok(Ok(Some(affected))) => {
+            Ok(axum::Json(serde_json::json!({ "affected": affected })).into_response())
+        }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::Internal("the statement task ended without an answer".into())),
+        Err(_) => Err(Error::Internal(
+            "the statement task ended without an answer".into(),
+        )),
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -360,11 +395,23 @@ pub async fn run_request(state: &SharedState, instance: &str, req: SqlRequest) -
     let pool = state.pool(instance).await?;
     let engine = pool.connector().engine();
     let (statements, limit) = plan(state, engine, &req)?;
-    let mut lease = pool.acquire(ferry_core::Feature::Console, req.database.as_deref(), "console").await?;
+    let mut lease = pool
+        .acquire(
+            ferry_core::Feature::Console,
+            req.database.as_deref(),
+            "console",
+        )
+        .await?;
     if req.format == Format::Json {
-        let results = run_interactive(state, &mut lease, statements, limit, req.continue_on_error).await;
+        let results =
+            run_interactive(state, &mut lease, statements, limit, req.continue_on_error).await;
         let in_transaction = lease.connection().in_transaction();
-        return Ok(axum::Json(ScriptResult { results, session: None, in_transaction }).into_response());
+        return Ok(axum::Json(ScriptResult {
+            results,
+            session: None,
+            in_transaction,
+        })
+        .into_response());
     }
     let sql = statements.into_iter().next().unwrap_or_default();
     stream_statement(state.clone(), lease, sql, req.format, limit).await

@@ -89,9 +89,13 @@ pub async fn ensure_demo(state: &SharedState) -> anyhow::Result<()> {
     for statement in ferry_connect::script::split_statements(ferry_core::Engine::Sqlite, SCHEMA) {
         conn.run(&statement).await?;
     }
-    let (_, batches) = ferry_connect::collect(conn.run("select count(*) as n from orders").await?).await?;
+    let (_, batches) =
+        ferry_connect::collect(conn.run("select count(*) as n from orders").await?).await?;
     let empty = batches.iter().all(|b| {
-        b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().is_some_and(|a| a.value(0) == 0)
+        b.column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .is_some_and(|a| a.value(0) == 0)
     });
     if empty {
         tracing::info!(path = %path.display(), "creating the demo database");

@@ -51,7 +51,10 @@ impl SharedBuf {
 
 impl Write for SharedBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -81,15 +84,22 @@ impl StreamEncoder {
         let buf = SharedBuf::default();
         let writer = match format {
             Format::Csv => {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(buf.clone());
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(buf.clone());
                 // The header goes out even when there are no rows.
-                w.write(&RecordBatch::new_empty(schema.clone())).map_err(encode_error)?;
+                w.write(&RecordBatch::new_empty(schema.clone()))
+                    .map_err(encode_error)?;
                 Writer::Csv(w)
             }
             Format::Ndjson => Writer::Ndjson(
-                arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(buf.clone()),
+                arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, LineDelimited>(buf.clone()),
             ),
-            Format::Arrow => Writer::Arrow(StreamWriter::try_new(buf.clone(), schema).map_err(encode_error)?),
+            Format::Arrow => {
+                Writer::Arrow(StreamWriter::try_new(buf.clone(), schema).map_err(encode_error)?)
+            }
             Format::Json => return Err(Error::Internal("JSON results are not streamed".into())),
         };
         Ok(StreamEncoder { buf, writer })
@@ -121,7 +131,9 @@ impl StreamEncoder {
 
 /// Rows as a JSON array of objects (column name → value), nulls explicit.
 pub fn json_rows(batches: &[RecordBatch]) -> Result<Box<serde_json::value::RawValue>> {
-    let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, JsonArray>(Vec::new());
     for b in batches {
         w.write(b).map_err(encode_error)?;
     }
@@ -146,7 +158,10 @@ pub fn columns_of(schema: &SchemaRef) -> Vec<ColumnDto> {
     schema
         .fields()
         .iter()
-        .map(|f| ColumnDto { name: f.name().clone(), data_type: f.data_type().to_string() })
+        .map(|f| ColumnDto {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
         .collect()
 }
 
@@ -157,10 +172,16 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     fn batch() -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("name", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
         RecordBatch::try_new(
             schema,
-            vec![Arc::new(Int64Array::from(vec![Some(1), None])), Arc::new(StringArray::from(vec![Some("a,b"), Some("é")]))],
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(StringArray::from(vec![Some("a,b"), Some("é")])),
+            ],
         )
         .unwrap()
     }
@@ -180,8 +201,14 @@ mod tests {
         let b = batch();
         let mut enc = StreamEncoder::new(Format::Ndjson, &b.schema()).unwrap();
         let text = String::from_utf8(enc.encode(&b).unwrap().to_vec()).unwrap();
-        assert_eq!(text, "{\"id\":1,\"name\":\"a,b\"}\n{\"id\":null,\"name\":\"é\"}\n");
-        assert_eq!(json_rows(&[b]).unwrap().get(), "[{\"id\":1,\"name\":\"a,b\"},{\"id\":null,\"name\":\"é\"}]");
+        assert_eq!(
+            text,
+            "{\"id\":1,\"name\":\"a,b\"}\n{\"id\":null,\"name\":\"é\"}\n"
+        );
+        assert_eq!(
+            json_rows(&[b]).unwrap().get(),
+            "[{\"id\":1,\"name\":\"a,b\"},{\"id\":null,\"name\":\"é\"}]"
+        );
         assert_eq!(json_rows(&[]).unwrap().get(), "[]");
     }
 
@@ -192,7 +219,8 @@ mod tests {
         let mut out = enc.take().to_vec();
         out.extend_from_slice(&enc.encode(&b).unwrap());
         out.extend_from_slice(&enc.finish().unwrap());
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out), None).unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out), None).unwrap();
         let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
         assert_eq!(batches, vec![b]);
     }

@@ -21,11 +21,21 @@ pub struct Instances {
 
 impl Instances {
     pub fn cached(&self) -> Vec<Arc<InstancePool>> {
-        self.pools.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn forget(&self, name: &str) {
-        if let Some(pool) = self.pools.write().unwrap_or_else(|e| e.into_inner()).remove(name) {
+        if let Some(pool) = self
+            .pools
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
             pool.close_all_idle();
         }
     }
@@ -76,7 +86,10 @@ pub struct UpdateInstance {
     pub settings: Option<InstanceSettings>,
 }
 
-pub fn dto(rec: &InstanceRecord, connections: Option<ferry_connect::PoolStats>) -> Result<InstanceDto> {
+pub fn dto(
+    rec: &InstanceRecord,
+    connections: Option<ferry_connect::PoolStats>,
+) -> Result<InstanceDto> {
     Ok(InstanceDto {
         name: rec.name.clone(),
         engine: rec.engine.clone(),
@@ -89,30 +102,54 @@ pub fn dto(rec: &InstanceRecord, connections: Option<ferry_connect::PoolStats>) 
 }
 
 fn parse_settings(rec: &InstanceRecord) -> Result<InstanceSettings> {
-    serde_json::from_str(&rec.settings)
-        .map_err(|e| Error::Internal(format!("stored settings of instance \"{}\" are unreadable: {e}", rec.name)))
+    serde_json::from_str(&rec.settings).map_err(|e| {
+        Error::Internal(format!(
+            "stored settings of instance \"{}\" are unreadable: {e}",
+            rec.name
+        ))
+    })
 }
 
 fn not_registered(name: &str) -> Error {
-    Error::NotFound(format!("instance \"{name}\" is not registered; list instances with `ferry instance list`"))
+    Error::NotFound(format!(
+        "instance \"{name}\" is not registered; list instances with `ferry instance list`"
+    ))
 }
 
 impl AppState {
     pub async fn instance_record(&self, name: &str) -> Result<InstanceRecord> {
-        self.meta.get_instance(name).await?.ok_or_else(|| not_registered(name))
+        self.meta
+            .get_instance(name)
+            .await?
+            .ok_or_else(|| not_registered(name))
     }
 
     /// The pool of an instance, created on first use.
     pub async fn pool(self: &Arc<Self>, name: &str) -> Result<Arc<InstancePool>> {
-        if let Some(p) = self.instances.pools.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(p) = self
+            .instances
+            .pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(p.clone());
         }
         let rec = self.instance_record(name).await?;
         let url = ConnectionUrl::parse(&self.key.decrypt(&rec.url_secret)?)?;
         let settings = parse_settings(&rec)?;
         let connector = connector_for(&url, &connect_options(&settings))?;
-        let pool = InstancePool::new(InstanceName::new(name)?, connector, settings, self.action_sink());
-        let mut pools = self.instances.pools.write().unwrap_or_else(|e| e.into_inner());
+        let pool = InstancePool::new(
+            InstanceName::new(name)?,
+            connector,
+            settings,
+            self.action_sink(),
+        );
+        let mut pools = self
+            .instances
+            .pools
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         Ok(pools.entry(name.to_string()).or_insert(pool).clone())
     }
 
@@ -122,7 +159,9 @@ impl AppState {
         Arc::new(move |action: PolicyAction| {
             tracing::warn!(instance = %action.instance, action = %action.action, detail = %action.detail, "connection policy action");
             let Some(state) = state.upgrade() else { return };
-            state.metrics.policy_action(&action.instance, &action.action);
+            state
+                .metrics
+                .policy_action(&action.instance, &action.action);
             let rec = PolicyActionRecord {
                 id: uuid::Uuid::new_v4().to_string(),
                 instance: action.instance,
@@ -141,17 +180,25 @@ impl AppState {
 }
 
 fn connect_options(settings: &InstanceSettings) -> ConnectOptions {
-    ConnectOptions { connect_timeout: Duration::from_secs(settings.connect_timeout_secs.max(1)) }
+    ConnectOptions {
+        connect_timeout: Duration::from_secs(settings.connect_timeout_secs.max(1)),
+    }
 }
 
 /// Connects once and reports the server version and round trip.
-pub async fn test_url(url: &ConnectionUrl, settings: &InstanceSettings) -> Result<ferry_connect::ServerInfo> {
+pub async fn test_url(
+    url: &ConnectionUrl,
+    settings: &InstanceSettings,
+) -> Result<ferry_connect::ServerInfo> {
     let connector = connector_for(url, &connect_options(settings))?;
     let mut conn = connector.connect(None).await?;
     conn.test().await
 }
 
-pub async fn add(state: &SharedState, req: AddInstance) -> Result<(InstanceDto, Option<ferry_connect::ServerInfo>)> {
+pub async fn add(
+    state: &SharedState,
+    req: AddInstance,
+) -> Result<(InstanceDto, Option<ferry_connect::ServerInfo>)> {
     let name = InstanceName::new(&req.name)?;
     let url = ConnectionUrl::parse(&req.url)?;
     let environment: Environment = req.environment.as_deref().unwrap_or("dev").parse()?;
@@ -161,10 +208,16 @@ pub async fn add(state: &SharedState, req: AddInstance) -> Result<(InstanceDto, 
     }
     settings.validate()?;
     if state.meta.get_instance(name.as_str()).await?.is_some() {
-        return Err(Error::Conflict(format!("instance \"{name}\" already exists: pick another name or remove it first")));
+        return Err(Error::Conflict(format!(
+            "instance \"{name}\" already exists: pick another name or remove it first"
+        )));
     }
     let info = if req.test.unwrap_or(true) {
-        Some(test_url(&url, &settings).await.map_err(|e| e.context(format!("instance \"{name}\" was not added")))?)
+        Some(
+            test_url(&url, &settings)
+                .await
+                .map_err(|e| e.context(format!("instance \"{name}\" was not added")))?,
+        )
     } else {
         None
     };
@@ -196,7 +249,9 @@ pub async fn update(state: &SharedState, name: &str, req: UpdateInstance) -> Res
     }
     if let Some(raw) = req.url {
         let url = ConnectionUrl::parse(&raw)?;
-        test_url(&url, &settings).await.map_err(|e| e.context(format!("instance \"{name}\" was not changed")))?;
+        test_url(&url, &settings)
+            .await
+            .map_err(|e| e.context(format!("instance \"{name}\" was not changed")))?;
         rec.engine = url.engine().to_string();
         rec.url_redacted = url.redacted();
         rec.url_secret = state.key.encrypt(url.expose())?;

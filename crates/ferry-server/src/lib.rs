@@ -67,16 +67,25 @@ pub type SharedState = Arc<AppState>;
 
 /// Opens the store, loads the key, seeds the demo if asked, and returns the shared state.
 pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let meta: Arc<dyn MetaStore> = match &config.meta_url {
         Some(url) => Arc::new(SqlStore::open(url).await?),
         None => Arc::new(SqlStore::open_sqlite(&config.data_dir).await?),
     };
     let key = MasterKey::load_or_create(&config.data_dir)?;
-    let recovered = meta.fail_unfinished_queries("the server stopped while the query ran; submit it again").await?;
+    let recovered = meta
+        .fail_unfinished_queries("the server stopped while the query ran; submit it again")
+        .await?;
     if recovered > 0 {
-        tracing::warn!(count = recovered, "marked queries left unfinished by a previous run as failed");
+        tracing::warn!(
+            count = recovered,
+            "marked queries left unfinished by a previous run as failed"
+        );
     }
     let state = Arc::new(AppState {
         instances: instances::Instances::default(),
@@ -88,7 +97,9 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
         config,
     });
     if state.config.demo {
-        demo::ensure_demo(&state).await.context("setting up the demo instance")?;
+        demo::ensure_demo(&state)
+            .await
+            .context("setting up the demo instance")?;
     }
     Ok(state)
 }
@@ -101,16 +112,26 @@ pub struct BoundServer {
 
 impl BoundServer {
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.state.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.listen)
     }
 
     /// Serves until `shutdown` resolves, then stops the policy task and closes SQL windows.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let policy = tokio::spawn(policy::run(self.state.clone()));
         let app = api::router(self.state.clone());
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
         policy.abort();
-        self.state.sessions.close_all(&self.state, "the server is shutting down");
+        self.state
+            .sessions
+            .close_all(&self.state, "the server is shutting down");
         self.state.queries.cancel_all();
         Ok(())
     }

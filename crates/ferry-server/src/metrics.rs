@@ -61,32 +61,80 @@ impl Metrics {
             durations: Family::new_with_constructor(duration_histogram),
             actions: Family::default(),
         };
-        registry.register("connections_open", "Server-side connections open per instance", m.open.clone());
-        registry.register("connections_in_use", "Connections leased per instance", m.in_use.clone());
-        registry.register("connections_idle", "Pooled idle connections per instance", m.idle.clone());
-        registry.register("connections_queued", "Requests waiting at the connection cap per instance", m.queued.clone());
-        registry.register("connections_max", "Connection cap per instance", m.cap.clone());
-        registry.register("statements", "Console statements run, by outcome (ok, error)", m.statements.clone());
-        registry.register("statement_duration_seconds", "Console statement durations", m.durations.clone());
-        registry.register("policy_actions", "Actions taken by connection policies", m.actions.clone());
+        registry.register(
+            "connections_open",
+            "Server-side connections open per instance",
+            m.open.clone(),
+        );
+        registry.register(
+            "connections_in_use",
+            "Connections leased per instance",
+            m.in_use.clone(),
+        );
+        registry.register(
+            "connections_idle",
+            "Pooled idle connections per instance",
+            m.idle.clone(),
+        );
+        registry.register(
+            "connections_queued",
+            "Requests waiting at the connection cap per instance",
+            m.queued.clone(),
+        );
+        registry.register(
+            "connections_max",
+            "Connection cap per instance",
+            m.cap.clone(),
+        );
+        registry.register(
+            "statements",
+            "Console statements run, by outcome (ok, error)",
+            m.statements.clone(),
+        );
+        registry.register(
+            "statement_duration_seconds",
+            "Console statement durations",
+            m.durations.clone(),
+        );
+        registry.register(
+            "policy_actions",
+            "Actions taken by connection policies",
+            m.actions.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
 
     pub fn statement(&self, instance: &str, ok: bool, duration: Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        self.statements.get_or_create(&StatementLabel { instance: instance.into(), outcome: outcome.into() }).inc();
-        self.durations.get_or_create(&InstanceLabel { instance: instance.into() }).observe(duration.as_secs_f64());
+        self.statements
+            .get_or_create(&StatementLabel {
+                instance: instance.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&InstanceLabel {
+                instance: instance.into(),
+            })
+            .observe(duration.as_secs_f64());
     }
 
     pub fn policy_action(&self, instance: &str, action: &str) {
-        self.actions.get_or_create(&ActionLabel { instance: instance.into(), action: action.into() }).inc();
+        self.actions
+            .get_or_create(&ActionLabel {
+                instance: instance.into(),
+                action: action.into(),
+            })
+            .inc();
     }
 
     /// The metrics in Prometheus text format, with connection gauges read from the pools now.
     pub fn render(&self, state: &AppState) -> String {
         for pool in state.instances.cached() {
-            let label = InstanceLabel { instance: pool.name().to_string() };
+            let label = InstanceLabel {
+                instance: pool.name().to_string(),
+            };
             let s = pool.stats();
             self.open.get_or_create(&label).set(s.open as i64);
             self.in_use.get_or_create(&label).set(s.in_use as i64);

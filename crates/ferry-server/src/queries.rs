@@ -80,7 +80,10 @@ pub struct QueryDto {
 impl From<QueryRecord> for QueryDto {
     fn from(r: QueryRecord) -> Self {
         QueryDto {
-            columns: r.columns.as_deref().and_then(|c| serde_json::from_str(c).ok()),
+            columns: r
+                .columns
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
             id: r.id,
             instance: r.instance,
             database: r.database,
@@ -115,7 +118,9 @@ fn spool_dir(state: &SharedState) -> PathBuf {
 
 pub async fn get(state: &SharedState, id: &str) -> Result<QueryRecord> {
     state.meta.get_query(id).await?.ok_or_else(|| {
-        Error::NotFound(format!("async query {id} does not exist; list them with `ferry query list`"))
+        Error::NotFound(format!(
+            "async query {id} does not exist; list them with `ferry query list`"
+        ))
     })
 }
 
@@ -160,7 +165,11 @@ pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
         match outcome {
             Ok(()) => rec.status = "succeeded".into(),
             Err(e) => {
-                rec.status = if matches!(e, Error::Cancelled(_)) { "cancelled".into() } else { "failed".into() };
+                rec.status = if matches!(e, Error::Cancelled(_)) {
+                    "cancelled".into()
+                } else {
+                    "failed".into()
+                };
                 rec.error = Some(e.message().to_string());
             }
         }
@@ -169,15 +178,27 @@ pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
         }
         lock(&task_state.queries.running).remove(&id);
     });
-    running.insert(rec.id.clone(), RunningQuery { task: handle.abort_handle(), canceller });
+    running.insert(
+        rec.id.clone(),
+        RunningQuery {
+            task: handle.abort_handle(),
+            canceller,
+        },
+    );
     drop(running);
     rec.status = "queued".into();
     Ok(rec.into())
 }
 
-async fn execute(state: &SharedState, rec: &mut QueryRecord, canceller: Arc<Mutex<Option<Arc<dyn Canceller>>>>) -> Result<()> {
+async fn execute(
+    state: &SharedState,
+    rec: &mut QueryRecord,
+    canceller: Arc<Mutex<Option<Arc<dyn Canceller>>>>,
+) -> Result<()> {
     let pool = state.pool(&rec.instance).await?;
-    let mut lease = pool.acquire(Feature::AsyncQuery, rec.database.as_deref(), "async query").await?;
+    let mut lease = pool
+        .acquire(Feature::AsyncQuery, rec.database.as_deref(), "async query")
+        .await?;
     *lock(&canceller) = Some(lease.conn().canceller());
     rec.status = "running".into();
     rec.started_at_ms = Some(now_ms());
@@ -199,13 +220,19 @@ async fn execute(state: &SharedState, rec: &mut QueryRecord, canceller: Arc<Mute
     let writer_path = partial.clone();
     // Arrow's file writer is blocking: it runs on its own thread, fed through a bounded channel.
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let file = File::create(&writer_path).map_err(|e| Error::Internal(format!("cannot create {}: {e}", writer_path.display())))?;
-        let mut w = FileWriter::try_new(std::io::BufWriter::new(file), &writer_schema).map_err(|e| Error::Internal(e.to_string()))?;
+        let file = File::create(&writer_path).map_err(|e| {
+            Error::Internal(format!("cannot create {}: {e}", writer_path.display()))
+        })?;
+        let mut w = FileWriter::try_new(std::io::BufWriter::new(file), &writer_schema)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         while let Some(batch) = rx.blocking_recv() {
-            w.write(&batch).map_err(|e| Error::Internal(format!("writing the spool: {e}")))?;
+            w.write(&batch)
+                .map_err(|e| Error::Internal(format!("writing the spool: {e}")))?;
         }
         w.finish().map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(std::fs::metadata(&writer_path).map(|m| m.len()).unwrap_or(0))
+        Ok(std::fs::metadata(&writer_path)
+            .map(|m| m.len())
+            .unwrap_or(0))
     });
     let mut last_report = Instant::now();
     let mut failure = None;
@@ -235,7 +262,8 @@ async fn execute(state: &SharedState, rec: &mut QueryRecord, canceller: Arc<Mute
         return Err(e);
     }
     rec.bytes = written? as i64;
-    std::fs::rename(&partial, &path).map_err(|e| Error::Internal(format!("cannot finish the spool file: {e}")))?;
+    std::fs::rename(&partial, &path)
+        .map_err(|e| Error::Internal(format!("cannot finish the spool file: {e}")))?;
     rec.result_path = Some(relative);
     Ok(())
 }
@@ -244,7 +272,10 @@ pub async fn cancel(state: &SharedState, id: &str) -> Result<QueryDto> {
     let mut rec = get(state, id).await?;
     let running = lock(&state.queries.running).remove(id);
     let Some(q) = running else {
-        return Err(Error::Conflict(format!("async query {id} already ended ({}); nothing to cancel", rec.status)));
+        return Err(Error::Conflict(format!(
+            "async query {id} already ended ({}); nothing to cancel",
+            rec.status
+        )));
     };
     let canceller = lock(&q.canceller).clone();
     if let Some(c) = canceller {
@@ -255,24 +286,43 @@ pub async fn cancel(state: &SharedState, id: &str) -> Result<QueryDto> {
     rec.error = Some("cancelled by request".into());
     rec.finished_at_ms = Some(now_ms());
     state.meta.update_query(&rec).await?;
-    if let Some(p) = rec.result_path.as_ref().map(|p| state.config.data_dir.join(p)) {
+    if let Some(p) = rec
+        .result_path
+        .as_ref()
+        .map(|p| state.config.data_dir.join(p))
+    {
         let _ = std::fs::remove_file(p);
     }
     Ok(rec.into())
 }
 
-fn open_spool(state: &SharedState, rec: &QueryRecord) -> Result<FileReader<std::io::BufReader<File>>> {
+fn open_spool(
+    state: &SharedState,
+    rec: &QueryRecord,
+) -> Result<FileReader<std::io::BufReader<File>>> {
     if rec.status != "succeeded" {
         return Err(Error::Conflict(format!(
             "async query {} has no result yet: it is {}{}",
             rec.id,
             rec.status,
-            rec.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            rec.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         )));
     }
-    let path = state.config.data_dir.join(rec.result_path.as_deref().unwrap_or_default());
-    let file = File::open(&path).map_err(|e| Error::NotFound(format!("the result of async query {} is gone ({e})", rec.id)))?;
-    FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| Error::Internal(e.to_string()))
+    let path = state
+        .config
+        .data_dir
+        .join(rec.result_path.as_deref().unwrap_or_default());
+    let file = File::open(&path).map_err(|e| {
+        Error::NotFound(format!(
+            "the result of async query {} is gone ({e})",
+            rec.id
+        ))
+    })?;
+    FileReader::try_new(std::io::BufReader::new(file), None)
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// A page of the result as JSON, or the whole result streamed in another format.
@@ -281,7 +331,10 @@ pub async fn result(state: &SharedState, id: &str, params: ResultParams) -> Resu
     let reader = open_spool(state, &rec)?;
     if params.format == Format::Json {
         let offset = params.offset.unwrap_or(0);
-        let limit = params.limit.unwrap_or(state.config.row_limit).min(state.config.max_interactive_rows);
+        let limit = params
+            .limit
+            .unwrap_or(state.config.row_limit)
+            .min(state.config.max_interactive_rows);
         let schema = reader.schema();
         let page = tokio::task::spawn_blocking(move || -> Result<Vec<RecordBatch>> {
             let mut seen = 0usize;
@@ -334,7 +387,11 @@ pub async fn result(state: &SharedState, id: &str, params: ResultParams) -> Resu
         for batch in reader {
             let chunk = batch
                 .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|b| encoder.encode(&b).map_err(|e| std::io::Error::other(e.to_string())));
+                .and_then(|b| {
+                    encoder
+                        .encode(&b)
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                });
             let failed = chunk.is_err();
             if tx.blocking_send(chunk).is_err() || failed {
                 return;

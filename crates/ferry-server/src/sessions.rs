@@ -64,13 +64,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn not_found(id: &str) -> Error {
-    Error::NotFound(format!("SQL window {id} does not exist or was closed; open one with `ferry session open INSTANCE`"))
+    Error::NotFound(format!(
+        "SQL window {id} does not exist or was closed; open one with `ferry session open INSTANCE`"
+    ))
 }
 
 impl SqlWindow {
     fn dto(&self) -> SessionDto {
         let (busy, in_transaction, server_session_id) = match self.slot.try_lock() {
-            Ok(g) => (false, g.as_ref().map(|l| l.connection().in_transaction()), g.as_ref().and_then(|l| l.connection().server_session_id())),
+            Ok(g) => (
+                false,
+                g.as_ref().map(|l| l.connection().in_transaction()),
+                g.as_ref().and_then(|l| l.connection().server_session_id()),
+            ),
             Err(_) => (true, None, None),
         };
         SessionDto {
@@ -94,7 +100,10 @@ impl SqlWindow {
 
 impl Sessions {
     pub fn get(&self, id: &str) -> Result<Arc<SqlWindow>> {
-        lock(&self.windows).get(id).cloned().ok_or_else(|| not_found(id))
+        lock(&self.windows)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
     }
 
     pub fn list(&self) -> Vec<SessionDto> {
@@ -108,7 +117,11 @@ impl Sessions {
     }
 
     pub fn close_for_instance(&self, state: &SharedState, instance: &str) {
-        let ids: Vec<String> = lock(&self.windows).values().filter(|w| w.instance == instance).map(|w| w.id.clone()).collect();
+        let ids: Vec<String> = lock(&self.windows)
+            .values()
+            .filter(|w| w.instance == instance)
+            .map(|w| w.id.clone())
+            .collect();
         for id in ids {
             let _ = close_now(state, &id, "the instance was removed");
         }
@@ -128,7 +141,9 @@ impl Sessions {
 
 pub async fn open(state: &SharedState, req: OpenSession) -> Result<SessionDto> {
     let pool = state.pool(&req.instance).await?;
-    let mut lease = pool.acquire(Feature::Console, req.database.as_deref(), "sql window").await?;
+    let mut lease = pool
+        .acquire(Feature::Console, req.database.as_deref(), "sql window")
+        .await?;
     // A window's connection carries private state: never hand it to anyone else.
     lease.close_on_release();
     let window = Arc::new(SqlWindow {
@@ -178,23 +193,37 @@ impl LeaseHolder for WindowHolder {
 pub async fn run(state: &SharedState, id: &str, req: SqlRequest) -> Result<Response> {
     let window = state.sessions.get(id)?;
     let mut guard = window.slot.clone().lock_owned().await;
-    let Some(lease) = guard.as_mut() else { return Err(not_found(id)) };
+    let Some(lease) = guard.as_mut() else {
+        return Err(not_found(id));
+    };
     if let Some(reason) = lease.revoked() {
         drop(guard);
         let _ = close_now(state, id, "revoked by a policy");
-        return Err(Error::Cancelled(format!("SQL window {id} was closed by a policy: {reason}")));
+        return Err(Error::Cancelled(format!(
+            "SQL window {id} was closed by a policy: {reason}"
+        )));
     }
     let engine = lease.pool().connector().engine();
     let (statements, limit) = console::plan(state, engine, &req)?;
     window.touch();
-    window.statements.fetch_add(statements.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    window.statements.fetch_add(
+        statements.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let response = if req.format == Format::Json {
-        let results = console::run_interactive(state, lease, statements, limit, req.continue_on_error).await;
+        let results =
+            console::run_interactive(state, lease, statements, limit, req.continue_on_error).await;
         let in_transaction = lease.connection().in_transaction();
-        axum::Json(ScriptResult { results, session: Some(id.to_string()), in_transaction }).into_response()
+        axum::Json(ScriptResult {
+            results,
+            session: Some(id.to_string()),
+            in_transaction,
+        })
+        .into_response()
     } else {
         let sql = statements.into_iter().next().unwrap_or_default();
-        console::stream_statement(state.clone(), WindowHolder(guard), sql, req.format, limit).await?
+        console::stream_statement(state.clone(), WindowHolder(guard), sql, req.format, limit)
+            .await?
     };
     window.touch();
     Ok(response)
@@ -203,7 +232,9 @@ pub async fn run(state: &SharedState, id: &str, req: SqlRequest) -> Result<Respo
 /// Applies the idle and idle-in-transaction timeouts; windows busy with a statement are skipped.
 pub fn enforce_timeouts(state: &SharedState) {
     for window in state.sessions.all() {
-        let Ok(slot) = window.slot.try_lock() else { continue };
+        let Ok(slot) = window.slot.try_lock() else {
+            continue;
+        };
         let Some(lease) = slot.as_ref() else { continue };
         let policy = lease.pool().policy().clone();
         let idle = lock(&window.last_used).elapsed();
@@ -213,7 +244,9 @@ pub fn enforce_timeouts(state: &SharedState) {
         drop(slot);
         let (action, detail) = if let Some(reason) = revoked {
             (None, reason)
-        } else if let Some(limit) = KillPolicy::duration(policy.idle_in_transaction_timeout_secs).filter(|l| in_tx && idle >= *l) {
+        } else if let Some(limit) = KillPolicy::duration(policy.idle_in_transaction_timeout_secs)
+            .filter(|l| in_tx && idle >= *l)
+        {
             (
                 Some("rollback_idle_transaction"),
                 format!(
@@ -223,7 +256,9 @@ pub fn enforce_timeouts(state: &SharedState) {
                     limit.as_secs()
                 ),
             )
-        } else if let Some(limit) = KillPolicy::duration(policy.session_idle_timeout_secs).filter(|l| idle >= *l) {
+        } else if let Some(limit) =
+            KillPolicy::duration(policy.session_idle_timeout_secs).filter(|l| idle >= *l)
+        {
             (
                 Some("close_idle_session"),
                 format!(
@@ -231,7 +266,11 @@ pub fn enforce_timeouts(state: &SharedState) {
                     window.id,
                     idle.as_secs_f64(),
                     limit.as_secs(),
-                    if in_tx { ", its transaction rolled back" } else { "" }
+                    if in_tx {
+                        ", its transaction rolled back"
+                    } else {
+                        ""
+                    }
                 ),
             )
         } else {

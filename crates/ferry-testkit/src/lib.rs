@@ -61,12 +61,18 @@ fn with_database(url: &str, db: &str) -> String {
         None => (url, String::new()),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     format!("{}/{db}{query}", &base[..path_start])
 }
 
 fn fresh_name() -> String {
-    format!("ferry_t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "ferry_t_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Creates an empty PostgreSQL database and returns its URL.
@@ -76,7 +82,10 @@ pub async fn fresh_postgres_db(admin_url: &str) -> String {
         .await
         .expect("connect to the test PostgreSQL");
     let task = tokio::spawn(conn);
-    client.batch_execute(&format!("create database {name}")).await.expect("create test database");
+    client
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("create test database");
     drop(client);
     let _ = task.await;
     with_database(admin_url, &name)
@@ -86,7 +95,9 @@ pub async fn fresh_postgres_db(admin_url: &str) -> String {
 pub async fn fresh_mysql_db(admin_url: &str) -> String {
     use sqlx::Connection;
     let name = fresh_name();
-    let mut conn = sqlx::MySqlConnection::connect(admin_url).await.expect("connect to the test MySQL");
+    let mut conn = sqlx::MySqlConnection::connect(admin_url)
+        .await
+        .expect("connect to the test MySQL");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&mut conn)
         .await
@@ -99,9 +110,21 @@ pub async fn fresh_mysql_db(admin_url: &str) -> String {
 mod tests {
     #[test]
     fn replaces_the_database_of_a_url() {
-        assert_eq!(super::with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
-        assert_eq!(super::with_database("mysql://root@h:3306/test?ssl-mode=disabled", "y"), "mysql://root@h:3306/y?ssl-mode=disabled");
-        assert_eq!(super::with_database("postgres://u@h", "z"), "postgres://u@h/z");
-        assert_eq!(super::host_port("postgres://a:b@127.0.0.1:5432/x"), "127.0.0.1:5432");
+        assert_eq!(
+            super::with_database("postgres://u@h:1/postgres", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            super::with_database("mysql://root@h:3306/test?ssl-mode=disabled", "y"),
+            "mysql://root@h:3306/y?ssl-mode=disabled"
+        );
+        assert_eq!(
+            super::with_database("postgres://u@h", "z"),
+            "postgres://u@h/z"
+        );
+        assert_eq!(
+            super::host_port("postgres://a:b@127.0.0.1:5432/x"),
+            "127.0.0.1:5432"
+        );
     }
 }

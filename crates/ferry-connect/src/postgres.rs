@@ -151,7 +151,10 @@ fn statement_error(e: tokio_postgres::Error) -> Error {
             error_text(&e)
         ));
     }
-    if e.as_db_error().is_some() {
+    let fatal = e
+        .as_db_error()
+        .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"));
+    if e.as_db_error().is_some() && !fatal {
         Error::Engine(error_text(&e))
     } else {
         Error::Connection(format!("connection to PostgreSQL lost: {}", error_text(&e)))

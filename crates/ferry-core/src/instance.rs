@@ -134,9 +134,9 @@ impl ConnectionUrl {
         };
         if engine == Engine::Sqlite {
             if Self::sqlite_path_of(raw).is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "malformed SQLite URL: it names no file; use sqlite:///path/to/file.db or sqlite::memory:"
-                )));
+                return Err(Error::InvalidInput(
+                    "malformed SQLite URL: it names no file; use sqlite:///path/to/file.db or sqlite::memory:".into(),
+                ));
             }
         } else {
             let parsed = url::Url::parse(raw).map_err(|e| {

@@ -319,12 +319,25 @@ pub async fn stream_statement<H: LeaseHolder>(
                 return;
             }
         };
+        // Wait for the first rows, so that errors before them (a cancelled or failing statement)
+        // still get an ordinary error response.
+        let mut first = batches.next().await;
+        if let Some(Err(e)) = first {
+            let e = explain(e, &watch, &pool, &revocation);
+            state.metrics.statement(&instance, false, started.elapsed());
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
         let _ = ready_tx.send(Ok(None));
         let mut ok = tx.send(Ok(encoder.take())).await.is_ok();
         let mut remaining = limit.unwrap_or(usize::MAX);
         let mut failure = None;
         while ok && remaining > 0 {
-            let Some(batch) = batches.next().await else {
+            let next = match first.take() {
+                Some(b) => Some(b),
+                None => batches.next().await,
+            };
+            let Some(batch) = next else {
                 break;
             };
             let batch = match batch {

@@ -63,7 +63,7 @@ impl Write for SharedBuf {
 }
 
 enum Writer {
-    Csv(arrow::csv::Writer<SharedBuf>),
+    Csv(Box<arrow::csv::Writer<SharedBuf>>),
     Ndjson(arrow::json::Writer<SharedBuf, LineDelimited>),
     Arrow(StreamWriter<SharedBuf>),
 }
@@ -90,7 +90,7 @@ impl StreamEncoder {
                 // The header goes out even when there are no rows.
                 w.write(&RecordBatch::new_empty(schema.clone()))
                     .map_err(encode_error)?;
-                Writer::Csv(w)
+                Writer::Csv(Box::new(w))
             }
             Format::Ndjson => Writer::Ndjson(
                 arrow::json::WriterBuilder::new()

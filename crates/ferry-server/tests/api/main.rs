@@ -1,0 +1,8 @@
+//! The HTTP API end to end, against a server started in this process and real PostgreSQL,
+//! MariaDB and Redis servers on loopback.
+
+mod common;
+mod connections;
+mod console;
+mod queries;
+mod secrets;

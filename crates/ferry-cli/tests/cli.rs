@@ -1,0 +1,245 @@
+//! The `ferry` binary as a user runs it: `ferry serve --demo` in a child process and the
+//! client commands against it, with their output and exit codes.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Served {
+    child: Child,
+    server: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(FERRY)
+            .args([
+                "serve",
+                "--demo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = Served {
+            child,
+            server: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !served.ferry(&["instance", "list"]).status.success() {
+            assert!(Instant::now() < deadline, "ferry serve did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        served
+    }
+
+    fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(FERRY)
+            .args(args)
+            .env("FERRY_SERVER", &self.server)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_demo_answers_from_the_cli() {
+    let s = Served::start();
+    let out = s.ok(&["sql", "demo", "select count(*) as n from orders"]);
+    assert!(out.contains("120000"), "{out}");
+    let csv = s.ok(&[
+        "sql",
+        "demo",
+        "select order_id, created_date from orders order by order_id",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(csv.lines().count(), 120_001);
+    assert_eq!(csv.lines().next(), Some("order_id,created_date"));
+    let json = s.ok(&["sql", "demo", "select 1 as one", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["results"][0]["rows"][0]["one"], 1);
+    let schema = s.ok(&["schema", "demo", "orders"]);
+    assert!(schema.contains("primary key: order_id"), "{schema}");
+    assert!(s.ok(&["schema", "demo"]).contains("customers"));
+    let script = s.ok(&["sql", "demo", "select 1 as a; select 2 as b"]);
+    assert!(
+        script.contains("> select 1 as a") && script.contains("> select 2 as b"),
+        "{script}"
+    );
+}
+
+#[test]
+fn exit_codes_follow_the_convention() {
+    let s = Served::start();
+    let unknown = s.ferry(&["sql", "nope", "select 1"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("instance \"nope\" is not registered"),
+        "{}",
+        stderr(&unknown)
+    );
+    let syntax = s.ferry(&["sql", "demo", "selec 1"]);
+    assert_eq!(syntax.status.code(), Some(1));
+    assert!(
+        stderr(&syntax).contains("syntax error"),
+        "{}",
+        stderr(&syntax)
+    );
+    let usage = s.ferry(&["sql"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let bad_flag = s.ferry(&[
+        "instance",
+        "add",
+        "x",
+        "sqlite::memory:",
+        "--env",
+        "staging",
+    ]);
+    assert_eq!(bad_flag.status.code(), Some(2));
+    let down = Command::new(FERRY)
+        .args(["instance", "list"])
+        .env("FERRY_SERVER", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        stderr(&down).contains("cannot reach the Ferry server at http://127.0.0.1:1"),
+        "{}",
+        stderr(&down)
+    );
+}
+
+#[test]
+fn windows_queries_and_instances_from_the_cli() {
+    let s = Served::start();
+    let id = s.ok(&["session", "open", "demo"]).trim().to_string();
+    s.ok(&[
+        "sql",
+        "demo",
+        "--session",
+        &id,
+        "create temp table t (x int); insert into t values (7)",
+    ]);
+    assert!(
+        s.ok(&["sql", "demo", "--session", &id, "select x from t"])
+            .contains('7')
+    );
+    assert!(s.ok(&["session", "list"]).contains(&id));
+    assert!(
+        s.ok(&["session", "close", &id])
+            .contains("closed SQL window")
+    );
+
+    let q = s
+        .ok(&[
+            "query",
+            "submit",
+            "demo",
+            "select product_id, product_name from products order by product_id",
+        ])
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = s.ok(&["query", "status", &q, "-o", "json"]);
+        if status.contains("\"succeeded\"") {
+            break;
+        }
+        assert!(!status.contains("\"failed\""), "{status}");
+        assert!(Instant::now() < deadline, "the query did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let csv = s.ok(&["query", "fetch", &q, "-o", "csv"]);
+    assert_eq!(csv.lines().count(), 51);
+    assert!(
+        s.ok(&["query", "fetch", &q, "--offset", "49"])
+            .contains("(rows 50-50 of 50)")
+    );
+
+    let db = tempfile::NamedTempFile::new().unwrap();
+    let url = format!("sqlite://{}", db.path().display());
+    assert!(
+        s.ok(&[
+            "instance",
+            "add",
+            "extra",
+            &url,
+            "--max-connections",
+            "2",
+            "--env",
+            "test"
+        ])
+        .contains("added instance extra")
+    );
+    assert!(s.ok(&["instance", "test", "extra"]).contains("SQLite"));
+    s.ok(&["instance", "set", "extra", "--max-statement-secs", "5"]);
+    let shown = s.ok(&["instance", "show", "extra", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        (
+            v["settings"]["max_connections"].as_u64(),
+            v["settings"]["policy"]["max_statement_secs"].as_u64()
+        ),
+        (Some(2), Some(5))
+    );
+    s.ok(&["instance", "rm", "extra"]);
+    assert!(!s.ok(&["instance", "list"]).contains("extra"));
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let mut s = Served::start();
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ferry serve ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

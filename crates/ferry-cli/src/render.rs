@@ -11,6 +11,11 @@ pub fn json(v: &Value) {
 
 fn cell(v: &Value) -> String {
     match v {
+        // Epoch milliseconds (`*_ms` fields) read better as times.
+        Value::Number(n) if n.as_i64().is_some_and(|ms| ms > 1_000_000_000_000) => {
+            let ms = n.as_i64().unwrap_or_default();
+            chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_else(|| ms.to_string())
+        }
         Value::Null => "NULL".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -84,6 +89,10 @@ fn flatten(prefix: &str, v: &Value, t: &mut Table) {
                 };
                 flatten(&key, v, t);
             }
+        }
+        Value::Array(items) if prefix == "columns" => {
+            let names: Vec<String> = items.iter().map(|c| format!("{} {}", cell(&c["name"]), cell(&c["type"]))).collect();
+            t.add_row(vec![prefix.to_string(), names.join(", ")]);
         }
         other => {
             t.add_row(vec![prefix.to_string(), cell(other)]);

@@ -59,10 +59,10 @@ select n.i,
        1 + (n.i * 7919) % 5000,
        p.product_name,
        p.price,
-       1 + n.i % 5,
-       round(p.price * (1 + n.i % 5), 2),
+       1 + (n.i * 13 + n.i / 1000) % 5,
+       round(p.price * (1 + (n.i * 13 + n.i / 1000) % 5), 2),
        date('now', '-' || (1 + (n.i - 1) / 1000) || ' days')
-from n join products p on p.product_id = 1 + (n.i * 31) % 50;
+from n join products p on p.product_id = 1 + (n.i * 31 + (n.i / 1000) * 7) % 50;
 ";
 
 /// Creates the demo database if missing and registers it as `demo` if not registered.

@@ -29,7 +29,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let rounds: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(2000);
 
-    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls).await.context("direct connection")?;
+    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+        .await
+        .context("direct connection")?;
     tokio::spawn(conn);
     let http = reqwest::Client::new();
     let session: serde_json::Value = http
@@ -60,7 +62,9 @@ async fn main() -> anyhow::Result<()> {
             via_ferry.push(f);
         }
     }
-    http.delete(format!("{ferry}/api/v1/sessions/{id}")).send().await?;
+    http.delete(format!("{ferry}/api/v1/sessions/{id}"))
+        .send()
+        .await?;
     direct.sort();
     via_ferry.sort();
     let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));

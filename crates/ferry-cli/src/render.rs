@@ -14,7 +14,9 @@ fn cell(v: &Value) -> String {
         // Epoch milliseconds (`*_ms` fields) read better as times.
         Value::Number(n) if n.as_i64().is_some_and(|ms| ms > 1_000_000_000_000) => {
             let ms = n.as_i64().unwrap_or_default();
-            chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_else(|| ms.to_string())
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                .unwrap_or_else(|| ms.to_string())
         }
         Value::Null => "NULL".into(),
         Value::String(s) => s.clone(),
@@ -91,7 +93,10 @@ fn flatten(prefix: &str, v: &Value, t: &mut Table) {
             }
         }
         Value::Array(items) if prefix == "columns" => {
-            let names: Vec<String> = items.iter().map(|c| format!("{} {}", cell(&c["name"]), cell(&c["type"]))).collect();
+            let names: Vec<String> = items
+                .iter()
+                .map(|c| format!("{} {}", cell(&c["name"]), cell(&c["type"])))
+                .collect();
             t.add_row(vec![prefix.to_string(), names.join(", ")]);
         }
         other => {

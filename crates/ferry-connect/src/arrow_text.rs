@@ -48,6 +48,11 @@ impl TextBatchBuilder {
         self.columns[index].append(value);
     }
 
+    /// Like [`append`](Self::append) for text the driver already checked as UTF-8.
+    pub fn append_str(&mut self, index: usize, value: Option<&str>) {
+        self.columns[index].append_str(value);
+    }
+
     /// Ends the current row.
     pub fn end_row(&mut self) {
         self.rows += 1;
@@ -131,6 +136,27 @@ impl TextColumn {
             self.append_null();
             return;
         };
+        if let TextColumn::Binary(..) = self {
+            self.append_binary(bytes);
+            return;
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.append_text(text),
+            Err(_) => self.append_text(&String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    fn append_str(&mut self, value: Option<&str>) {
+        match value {
+            None => self.append_null(),
+            Some(text) if matches!(self, TextColumn::Binary(..)) => {
+                self.append_binary(text.as_bytes())
+            }
+            Some(text) => self.append_text(text),
+        }
+    }
+
+    fn append_binary(&mut self, bytes: &[u8]) {
         if let TextColumn::Binary(b, enc) = self {
             match enc {
                 BinaryText::Raw => b.append_value(bytes),
@@ -139,16 +165,16 @@ impl TextColumn {
                     None => b.append_value(bytes),
                 },
             }
-            return;
         }
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.as_ref();
+    }
+
+    fn append_text(&mut self, text: &str) {
         match self {
             TextColumn::Bool(b) => b.append_option(parse_bool(text)),
-            TextColumn::I16(b) => b.append_option(text.trim().parse().ok()),
-            TextColumn::I32(b) => b.append_option(text.trim().parse().ok()),
-            TextColumn::I64(b) => b.append_option(text.trim().parse().ok()),
-            TextColumn::U64(b) => b.append_option(text.trim().parse().ok()),
+            TextColumn::I16(b) => b.append_option(parse_int(text)),
+            TextColumn::I32(b) => b.append_option(parse_int(text)),
+            TextColumn::I64(b) => b.append_option(parse_int(text)),
+            TextColumn::U64(b) => b.append_option(parse_int(text)),
             TextColumn::F32(b) => b.append_option(parse_float(text).map(|v| v as f32)),
             TextColumn::F64(b) => b.append_option(parse_float(text)),
             TextColumn::Decimal(b, p, s) => b.append_option(
@@ -159,7 +185,7 @@ impl TextColumn {
             TextColumn::Date(b) => b.append_option(parse_date(text)),
             TextColumn::Time(b) => b.append_option(parse_time(text)),
             TextColumn::Timestamp(b, tz) => b.append_option(parse_timestamp(text, *tz)),
-            TextColumn::Binary(..) => unreachable!("binary handled above"),
+            TextColumn::Binary(..) => self.append_binary(text.as_bytes()),
         }
     }
 
@@ -208,14 +234,99 @@ fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
+fn parse_int<T: std::str::FromStr>(text: &str) -> Option<T> {
+    text.parse().ok().or_else(|| text.trim().parse().ok())
+}
+
 fn parse_float(text: &str) -> Option<f64> {
     // Rust accepts NaN, inf and infinity in any case, which covers PostgreSQL's spellings.
-    text.trim().parse().ok()
+    text.parse().ok().or_else(|| text.trim().parse().ok())
 }
 
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |n, c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    })
+}
+
+/// The exact `YYYY-MM-DD` form every engine prints, without the cost of a format parser.
+fn fast_date(b: &[u8]) -> Option<i64> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    (1..=days_in_month)
+        .contains(&d)
+        .then(|| days_from_civil(i64::from(y), m, d))
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH[:MM]]` in microseconds since the epoch.
+fn fast_timestamp(b: &[u8]) -> Option<i64> {
+    if b.len() < 19 || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let days = fast_date(&b[..10])?;
+    let (h, mi, s) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut micros = 0i64;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        let kept = &frac[..n.min(6)];
+        micros = i64::from(digits(kept)?) * 10i64.pow(6 - kept.len() as u32);
+        rest = &frac[n..];
+    }
+    let offset_secs = match rest {
+        [] | [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), tail @ ..] => {
+            let (oh, om) = match tail.len() {
+                2 => (digits(tail)?, 0),
+                5 if tail[2] == b':' => (digits(&tail[..2])?, digits(&tail[3..])?),
+                _ => return None,
+            };
+            let secs = i64::from(oh * 3600 + om * 60);
+            if *sign == b'+' { secs } else { -secs }
+        }
+        _ => return None,
+    };
+    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s) - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
 fn parse_date(text: &str) -> Option<i32> {
+    if let Some(days) = fast_date(text.as_bytes()) {
+        return i32::try_from(days).ok();
+    }
     let d = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
     Some(chrono::Datelike::num_days_from_ce(&d) - UNIX_EPOCH_DAYS_FROM_CE)
 }
@@ -229,6 +340,12 @@ fn parse_time(text: &str) -> Option<i64> {
 }
 
 fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
+    // A naive column holds no offset; one that does is parsed by the slow path below and refused.
+    let fast = fast_timestamp(text.as_bytes())
+        .filter(|_| with_zone || !text[19..].contains(['+', '-', 'Z']));
+    if fast.is_some() {
+        return fast;
+    }
     let text = text.trim();
     if with_zone {
         // PostgreSQL writes offsets as +00, +05:30 or +05:30:15; MySQL TIMESTAMP comes as naive UTC.
@@ -327,6 +444,55 @@ mod tests {
         let text = one(DataType::Utf8, "héllo 🚀  ", BinaryText::Raw);
         assert_eq!(text.as_string::<i32>().value(0), "héllo 🚀  ");
         assert!(one(DataType::Int64, "not a number", BinaryText::Raw).is_null(0));
+    }
+
+    #[test]
+    fn fast_paths_agree_with_chrono() {
+        for date in [
+            "1970-01-01",
+            "2000-02-29",
+            "1900-03-01",
+            "2026-11-22",
+            "0001-01-01",
+            "9999-12-31",
+            "1969-12-31",
+        ] {
+            let expected = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+            let expected =
+                (chrono::Datelike::num_days_from_ce(&expected) - UNIX_EPOCH_DAYS_FROM_CE) as i64;
+            assert_eq!(fast_date(date.as_bytes()), Some(expected), "{date}");
+        }
+        for bad in [
+            "2026-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-1-01",
+            "20261122xx",
+        ] {
+            assert_eq!(fast_date(bad.as_bytes()), None, "{bad}");
+        }
+        for (ts, rfc) in [
+            ("2026-11-22 12:00:00", "2026-11-22T12:00:00Z"),
+            ("2026-11-22 12:00:00.5", "2026-11-22T12:00:00.5Z"),
+            (
+                "2026-11-22 12:00:00.123456789",
+                "2026-11-22T12:00:00.123456Z",
+            ),
+            ("2026-11-22 12:00:00+01", "2026-11-22T11:00:00Z"),
+            ("2026-11-22T12:00:00-05:30", "2026-11-22T17:30:00Z"),
+            ("1960-01-01 00:00:00.000001", "1960-01-01T00:00:00.000001Z"),
+        ] {
+            let expected = DateTime::parse_from_rfc3339(rfc)
+                .unwrap()
+                .timestamp_micros();
+            assert_eq!(fast_timestamp(ts.as_bytes()), Some(expected), "{ts}");
+        }
+        assert_eq!(
+            parse_timestamp("2026-11-22 12:00:00+01", false),
+            None,
+            "an offset in a naive column"
+        );
+        assert_eq!(parse_timestamp("2026-11-22 12:00:00 BC", true), None);
     }
 
     #[test]

@@ -247,6 +247,28 @@ impl Connection for PostgresConnection {
             })
             .collect();
         drop(statement);
+        if !columns.is_empty() && copyable(sql) {
+            // Queries stream through COPY: one message per row, no per-value decoding in the driver.
+            match self
+                .client
+                .copy_out(&format!(
+                    "COPY ({}) TO STDOUT",
+                    sql.trim().trim_end_matches(';')
+                ))
+                .await
+            {
+                Ok(rows) => return Ok(copy_batches(unique_schema(columns), rows)),
+                Err(e)
+                    if e.as_db_error().is_some_and(|db| {
+                        db.code() == &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+                            || db.code() == &tokio_postgres::error::SqlState::SYNTAX_ERROR
+                    }) =>
+                {
+                    tracing::debug!(error = %error_text(&e), "COPY refused the query; running it as a plain query");
+                }
+                Err(e) => return Err(statement_error(e)),
+            }
+        }
         let in_tx_before = self.in_transaction;
         let messages = self
             .client
@@ -272,7 +294,7 @@ impl Connection for PostgresConnection {
         let batches = crate::batching::batches(messages, move |msg| match msg {
             Some(SimpleQueryMessage::Row(row)) => {
                 for i in 0..width.min(row.len()) {
-                    builder.append(i, row.get(i).map(str::as_bytes));
+                    builder.append_str(i, row.get(i));
                 }
                 builder.end_row();
                 (builder.rows() >= BATCH_ROWS).then(|| builder.finish())
@@ -459,9 +481,126 @@ pub(crate) fn session_from_row(r: Vec<Option<String>>) -> ServerSession {
     }
 }
 
+/// Whether a statement is a plain query that `COPY (…) TO STDOUT` can run.
+fn copyable(sql: &str) -> bool {
+    let words = script::leading_keywords(Engine::Postgres, sql, 1);
+    matches!(
+        words.first().map(String::as_str),
+        Some("SELECT" | "VALUES" | "TABLE" | "WITH")
+    )
+}
+
+/// Record batches from COPY's text format: one row per message, tab-separated, `\N` for NULL,
+/// backslash escapes in values.
+fn copy_batches(
+    schema: arrow::datatypes::SchemaRef,
+    rows: tokio_postgres::CopyOutStream,
+) -> StatementOutput<'static> {
+    let width = schema.fields().len();
+    let mut builder = TextBatchBuilder::new(schema.clone(), BinaryText::PgHex);
+    let mut scratch = Vec::new();
+    let rows = rows.map(|r| r.map_err(statement_error));
+    let batches = crate::batching::batches(rows, move |row: Option<bytes::Bytes>| match row {
+        Some(line) => {
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            let mut fields = line.split(|b| *b == b'\t');
+            for i in 0..width {
+                match fields.next() {
+                    None | Some(b"\\N") => builder.append(i, None),
+                    Some(field) if field.contains(&b'\\') => {
+                        unescape_copy(field, &mut scratch);
+                        builder.append(i, Some(&scratch));
+                    }
+                    Some(field) => builder.append(i, Some(field)),
+                }
+            }
+            builder.end_row();
+            (builder.rows() >= BATCH_ROWS).then(|| builder.finish())
+        }
+        None => (builder.rows() > 0).then(|| builder.finish()),
+    });
+    StatementOutput::Rows { schema, batches }
+}
+
+/// Undoes COPY text escapes (`\\`, `\t`, `\n`, `\r`, `\b`, `\f`, `\v`, octal `\NNN`, hex `\xHH`).
+fn unescape_copy(field: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    while i < field.len() {
+        let c = field[i];
+        if c != b'\\' || i + 1 == field.len() {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = field[i + 1];
+        i += 2;
+        match e {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                let mut n = 1;
+                while n < 3 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
+                    v = v * 8 + u32::from(field[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
+                    v = v * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+}
+
 /// A SQL string literal with quotes doubled (standard_conforming_strings is on since 9.1).
 pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_escapes_are_undone() {
+        let mut out = Vec::new();
+        for (field, expected) in [
+            (&b"a\\tb"[..], &b"a\tb"[..]),
+            (b"line\\nnext", b"line\nnext"),
+            (b"back\\\\slash", b"back\\slash"),
+            (b"\\\\x0102", b"\\x0102"),
+            (b"oct\\101", b"octA"),
+            (b"hex\\x41", b"hexA"),
+        ] {
+            unescape_copy(field, &mut out);
+            assert_eq!(out, expected, "{}", String::from_utf8_lossy(field));
+        }
+    }
+
+    #[test]
+    fn only_queries_go_through_copy() {
+        assert!(copyable("select 1"));
+        assert!(copyable("  WITH x AS (select 1) select * from x"));
+        assert!(copyable("values (1)"));
+        assert!(!copyable("show timezone"));
+        assert!(!copyable("explain select 1"));
+        assert!(!copyable("insert into t values (1) returning *"));
+    }
 }
 
 pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {

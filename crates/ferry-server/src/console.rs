@@ -312,7 +312,7 @@ pub async fn stream_statement<H: LeaseHolder>(
             }
             Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
         };
-        let mut encoder = match StreamEncoder::new(format, &schema) {
+        let encoder = match StreamEncoder::new(format, &schema) {
             Ok(e) => e,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -329,7 +329,10 @@ pub async fn stream_statement<H: LeaseHolder>(
             return;
         }
         let _ = ready_tx.send(Ok(None));
-        let mut ok = tx.send(Ok(encoder.take())).await.is_ok();
+        // Encoding runs in a task of its own, so reading and encoding overlap on two cores.
+        let (batch_tx, batch_rx) = mpsc::channel::<Result<RecordBatch, String>>(2);
+        tokio::spawn(encode_batches(encoder, batch_rx, tx));
+        let mut ok = true;
         let mut remaining = limit.unwrap_or(usize::MAX);
         let mut failure = None;
         while ok && remaining > 0 {
@@ -340,17 +343,16 @@ pub async fn stream_statement<H: LeaseHolder>(
             let Some(batch) = next else {
                 break;
             };
-            let batch = match batch {
-                Ok(b) if b.num_rows() > remaining => b.slice(0, remaining),
-                Ok(b) => b,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+            match batch {
+                Ok(b) => {
+                    let b = if b.num_rows() > remaining {
+                        b.slice(0, remaining)
+                    } else {
+                        b
+                    };
+                    remaining -= b.num_rows();
+                    ok = batch_tx.send(Ok(b)).await.is_ok();
                 }
-            };
-            remaining -= batch.num_rows();
-            match encoder.encode(&batch) {
-                Ok(bytes) => ok = tx.send(Ok(bytes)).await.is_ok(),
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -370,16 +372,12 @@ pub async fn stream_statement<H: LeaseHolder>(
             Some(e) => {
                 let e = explain(e, &watch, &pool, &revocation);
                 tracing::warn!(instance = %instance, error = %e, "streamed result ended with an error");
-                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                let _ = batch_tx.send(Err(e.to_string())).await;
             }
-            None if ok => {
-                if let Ok(tail) = encoder.finish() {
-                    let _ = tx.send(Ok(tail)).await;
-                }
-            }
-            None => {
+            None if !ok => {
                 tracing::info!(instance = %instance, "client stopped reading a streamed result")
             }
+            None => {}
         }
     });
     match ready_rx.await {
@@ -394,6 +392,32 @@ pub async fn stream_statement<H: LeaseHolder>(
         Err(_) => Err(Error::Internal(
             "the statement task ended without an answer".into(),
         )),
+    }
+}
+
+/// Encodes batches into body chunks until the batches end (then the format's tail follows) or
+/// an error arrives (then the body ends with it, so the client sees a broken transfer).
+async fn encode_batches(
+    mut encoder: StreamEncoder,
+    mut batches: mpsc::Receiver<Result<RecordBatch, String>>,
+    body: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    if body.send(Ok(encoder.take())).await.is_err() {
+        return;
+    }
+    while let Some(piece) = batches.recv().await {
+        let chunk = piece.map_err(std::io::Error::other).and_then(|batch| {
+            encoder
+                .encode(&batch)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let failed = chunk.is_err();
+        if body.send(chunk).await.is_err() || failed {
+            return;
+        }
+    }
+    if let Ok(tail) = encoder.finish() {
+        let _ = body.send(Ok(tail)).await;
     }
 }
 

@@ -109,6 +109,21 @@ async fn postgres_catalog_types_and_scripts() {
         ]
     );
 
+    // Values that COPY's text format escapes come back as they were.
+    let tricky = server.rows("pg", "select E'tab\\there' as a, E'line\\nbreak' as b, E'back\\\\slash' as c, '\\N' as d, '\\x00ff'::bytea as e").await;
+    assert_eq!(
+        tricky[0],
+        json!({ "a": "tab\there", "b": "line\nbreak", "c": "back\\slash", "d": "\\N", "e": "00ff" })
+    );
+    // A query COPY cannot run still runs.
+    let modifying = server
+        .rows(
+            "pg",
+            "with ins as (insert into t values (3, 'c') returning id) select id from ins",
+        )
+        .await;
+    assert_eq!(modifying, vec![json!({ "id": 3 })]);
+
     let (_, detail) = server.get("/api/v1/instances/pg/tables/public.t").await;
     assert_eq!(detail["primary_key"], json!(["id"]));
     let name = &detail["columns"][1];

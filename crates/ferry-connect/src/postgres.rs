@@ -572,6 +572,13 @@ pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(s) => format!("\"{s}\".\"{name}\""),
+        None => format!("\"{name}\""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,12 +607,5 @@ mod tests {
         assert!(!copyable("show timezone"));
         assert!(!copyable("explain select 1"));
         assert!(!copyable("insert into t values (1) returning *"));
-    }
-}
-
-pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {
-    match schema {
-        Some(s) => format!("\"{s}\".\"{name}\""),
-        None => format!("\"{name}\""),
     }
 }

@@ -229,6 +229,37 @@ pub(crate) async fn query_strings(
     Ok(rows)
 }
 
+/// Groups catalog rows of `[index name, uniqueness flag, column]`, in column order, into indexes;
+/// an index is unique when its flag equals `unique_flag`.
+pub(crate) fn group_indexes(rows: Vec<Vec<Option<String>>>, unique_flag: &str) -> Vec<IndexInfo> {
+    let mut indexes: Vec<IndexInfo> = Vec::new();
+    for r in rows {
+        let name = r[0].clone().unwrap_or_default();
+        let column = r[2].clone().unwrap_or_default();
+        match indexes.iter_mut().find(|i| i.name == name) {
+            Some(i) => i.columns.push(column),
+            None => indexes.push(IndexInfo {
+                name,
+                columns: vec![column],
+                unique: r[1].as_deref() == Some(unique_flag),
+            }),
+        }
+    }
+    indexes
+}
+
+/// A table from catalog rows of `[schema, name, kind, row estimate, size in bytes]`.
+pub(crate) fn table_info(r: Vec<Option<String>>) -> TableInfo {
+    TableInfo {
+        schema: r[0].clone(),
+        name: r[1].clone().unwrap_or_default(),
+        kind: r[2].clone().unwrap_or_default(),
+        row_estimate: r[3].as_deref().and_then(|v| v.parse().ok()),
+        size_bytes: r[4].as_deref().and_then(|v| v.parse().ok()),
+        ttl_secs: None,
+    }
+}
+
 /// Scrubs a password out of a driver's message, in case the driver echoes its URL.
 pub(crate) fn scrub(message: &str, url: &ConnectionUrl) -> String {
     match url.password() {

@@ -19,8 +19,8 @@ use sqlx::{
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::postgres::{literal, qualified, session_from_row};
 use crate::{
-    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
-    ServerInfo, ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo,
+    ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
@@ -311,17 +311,7 @@ impl Connection for MysqlConnection {
              order by 1, 2",
         )
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TableInfo {
-                schema: r[0].clone(),
-                name: r[1].clone().unwrap_or_default(),
-                kind: r[2].clone().unwrap_or_default(),
-                row_estimate: r[3].as_deref().and_then(|v| v.parse().ok()),
-                size_bytes: r[4].as_deref().and_then(|v| v.parse().ok()),
-                ttl_secs: None,
-            })
-            .collect())
+        Ok(rows.into_iter().map(crate::table_info).collect())
     }
 
     async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail> {
@@ -354,19 +344,7 @@ impl Connection for MysqlConnection {
             ),
         )
         .await?;
-        let mut indexes: Vec<IndexInfo> = Vec::new();
-        for r in stats {
-            let name = r[0].clone().unwrap_or_default();
-            let column = r[2].clone().unwrap_or_default();
-            match indexes.iter_mut().find(|i| i.name == name) {
-                Some(i) => i.columns.push(column),
-                None => indexes.push(IndexInfo {
-                    name,
-                    columns: vec![column],
-                    unique: r[1].as_deref() == Some("0"),
-                }),
-            }
-        }
+        let indexes = crate::group_indexes(stats, "0");
         let primary_key = indexes
             .iter()
             .find(|i| i.name == "PRIMARY")

@@ -338,17 +338,7 @@ impl Connection for PostgresConnection {
              order by 1, 2",
         )
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TableInfo {
-                schema: r[0].clone(),
-                name: r[1].clone().unwrap_or_default(),
-                kind: r[2].clone().unwrap_or_default(),
-                row_estimate: r[3].as_deref().and_then(|v| v.parse().ok()),
-                size_bytes: r[4].as_deref().and_then(|v| v.parse().ok()),
-                ttl_secs: None,
-            })
-            .collect())
+        Ok(rows.into_iter().map(crate::table_info).collect())
     }
 
     async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail> {

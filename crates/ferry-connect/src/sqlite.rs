@@ -20,8 +20,8 @@ use sqlx::{
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::postgres::{literal, qualified};
 use crate::{
-    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
-    ServerInfo, StatementOutput, TableDetail, TableInfo, query_strings, script,
+    BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo,
+    StatementOutput, TableDetail, TableInfo, query_strings, script,
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
@@ -298,19 +298,7 @@ impl Connection for SqliteDb {
             ),
         )
         .await?;
-        let mut indexes: Vec<IndexInfo> = Vec::new();
-        for r in index_rows {
-            let idx = r[0].clone().unwrap_or_default();
-            let column = r[2].clone().unwrap_or_default();
-            match indexes.iter_mut().find(|i| i.name == idx) {
-                Some(i) => i.columns.push(column),
-                None => indexes.push(IndexInfo {
-                    name: idx,
-                    columns: vec![column],
-                    unique: r[1].as_deref() == Some("1"),
-                }),
-            }
-        }
+        let indexes = crate::group_indexes(index_rows, "1");
         Ok(TableDetail {
             schema: Some(schema.to_string()),
             name: name.to_string(),

@@ -318,110 +318,111 @@ async fn results_stream_as_csv_ndjson_and_arrow() {
     );
 }
 
+/// Sends one request and checks the error it gets: status, code, a fragment of the message,
+/// and that the message never echoes a password.
+async fn check_error(
+    server: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+    want: (StatusCode, &str, &str),
+) {
+    let (status, v) = server.post(path, body.clone()).await;
+    let (want_status, code, fragment) = want;
+    assert_eq!(status, want_status, "{body}: {v}");
+    assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(fragment),
+        "{body}: {message:?} lacks {fragment:?}"
+    );
+    assert!(!message.contains("s3cret"), "{message}");
+}
+
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let server = TestServer::start().await;
     let pg = postgres_instance(&server, "pg", serde_json::Value::Null).await;
-    let check = |status: StatusCode,
-                 v: &serde_json::Value,
-                 want: StatusCode,
-                 code: &str,
-                 fragment: &str| {
-        assert_eq!(status, want, "{v}");
-        assert_eq!(v["error"]["code"], code, "{v}");
-        let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
-        assert!(!message.contains("s3cret"), "{message}");
-    };
-    let (s, v) = server
-        .post(
-            "/api/v1/instances",
+    let add = "/api/v1/instances";
+    let cases = [
+        (
             json!({ "name": "x", "url": "postgres://u:s3cret@127.0.0.1:1/db" }),
-        )
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::BAD_GATEWAY,
-        "connection",
-        "could not connect to PostgreSQL at 127.0.0.1:1",
-    );
-    let (s, v) = server
-        .post(
-            "/api/v1/instances",
+            (
+                StatusCode::BAD_GATEWAY,
+                "connection",
+                "could not connect to PostgreSQL at 127.0.0.1:1",
+            ),
+        ),
+        (
             json!({ "name": "x", "url": "postgres://u:s3cret@@:x/" }),
-        )
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::BAD_REQUEST,
-        "invalid_input",
-        "malformed postgres connection URL",
-    );
-    let (s, v) = server
-        .post(
-            "/api/v1/instances",
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "malformed postgres connection URL",
+            ),
+        ),
+        (
             json!({ "name": "x", "url": "oracle://u:s3cret@h/db" }),
-        )
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::BAD_REQUEST,
-        "invalid_input",
-        "unsupported connection URL scheme",
-    );
-    let (s, v) = server
-        .post(
-            "/api/v1/instances",
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "unsupported connection URL scheme",
+            ),
+        ),
+        (
             json!({ "name": "Bad Name", "url": "sqlite::memory:" }),
-        )
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::BAD_REQUEST,
-        "invalid_input",
-        "invalid instance name",
-    );
-    let (s, v) = server
-        .post(
-            "/api/v1/instances",
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "invalid instance name",
+            ),
+        ),
+        (
             json!({ "name": "x", "url": "sqlite::memory:", "colour": 1 }),
-        )
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::BAD_REQUEST,
-        "invalid_input",
-        "unknown field `colour`",
-    );
-    let (s, v) = server
-        .post("/api/v1/instances/nope/sql", json!({ "sql": "select 1" }))
-        .await;
-    check(
-        s,
-        &v,
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "instance \"nope\" is not registered",
-    );
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "unknown field `colour`",
+            ),
+        ),
+        (
+            json!({ "name": "x", "url": "sqlite::memory:", "max_connections": 0 }),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "max_connections must be between 1 and 10000",
+            ),
+        ),
+    ];
+    for (body, want) in cases {
+        check_error(&server, add, body, want).await;
+    }
+    check_error(
+        &server,
+        "/api/v1/instances/nope/sql",
+        json!({ "sql": "select 1" }),
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "instance \"nope\" is not registered",
+        ),
+    )
+    .await;
     if let Some(admin) = ferry_testkit::mysql() {
         let wrong = admin.replacen("root@", "root:s3cret@", 1);
-        let (s, v) = server
-            .post("/api/v1/instances", json!({ "name": "x", "url": wrong }))
-            .await;
-        check(
-            s,
-            &v,
-            StatusCode::BAD_GATEWAY,
-            "connection",
-            "Access denied for user 'root'",
-        );
+        check_error(
+            &server,
+            add,
+            json!({ "name": "x", "url": wrong }),
+            (
+                StatusCode::BAD_GATEWAY,
+                "connection",
+                "Access denied for user 'root'",
+            ),
+        )
+        .await;
     }
     if pg.is_some() {
+        let sql = "/api/v1/instances/pg/sql";
         let r = server.sql("pg", "selec 1").await;
         assert_eq!(r[0]["error"]["code"], "engine");
         assert!(
@@ -444,60 +445,48 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         );
         let (_, v) = server
             .post(
-                "/api/v1/instances/pg/sql",
+                sql,
                 json!({ "sql": "select 1; selec 2; select 3", "continue_on_error": true }),
             )
             .await;
         assert_eq!(v["results"].as_array().unwrap().len(), 3);
-        let (s, v) = server
-            .post(
-                "/api/v1/instances/pg/sql",
+        let cases = [
+            (
                 json!({ "sql": "select 1", "limit": 5_000_000 }),
-            )
-            .await;
-        check(
-            s,
-            &v,
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "stream the result with format csv",
-        );
-        let (s, v) = server
-            .post(
-                "/api/v1/instances/pg/sql",
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "stream the result with format csv",
+                ),
+            ),
+            (
                 json!({ "sql": "select 1; select 2", "format": "csv" }),
-            )
-            .await;
-        check(
-            s,
-            &v,
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "exactly one statement",
-        );
-        let (s, v) = server
-            .post(
-                "/api/v1/instances/pg/sql",
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "exactly one statement",
+                ),
+            ),
+            (
                 json!({ "sql": "select * from missing_table", "format": "csv" }),
-            )
-            .await;
-        check(
-            s,
-            &v,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "engine",
-            "missing_table",
-        );
-        let (s, v) = server
-            .post("/api/v1/instances/pg/sql", json!({ "sql": "  ;  " }))
-            .await;
-        check(
-            s,
-            &v,
-            StatusCode::BAD_REQUEST,
-            "invalid_input",
-            "no SQL statement",
-        );
+                (StatusCode::UNPROCESSABLE_ENTITY, "engine", "missing_table"),
+            ),
+            (
+                json!({ "sql": "  ;  " }),
+                (StatusCode::BAD_REQUEST, "invalid_input", "no SQL statement"),
+            ),
+            (
+                json!({ "sql": "select 1", "format": "xml" }),
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "unknown variant `xml`",
+                ),
+            ),
+        ];
+        for (body, want) in cases {
+            check_error(&server, sql, body, want).await;
+        }
     }
     let (s, _) = server.get("/healthz").await;
     assert_eq!(s, StatusCode::OK);

@@ -174,6 +174,10 @@ enum SessionCmd {
     Close {
         id: String,
     },
+    /// Cancel the statement running in a window (on the database server); the window stays open.
+    Cancel {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -587,6 +591,18 @@ async fn session(client: &Client, out: Output, cmd: SessionCmd) -> anyhow::Resul
                     "idle_secs",
                 ],
             );
+        }
+        SessionCmd::Cancel { id } => {
+            let v = client
+                .post(
+                    &format!("/api/v1/sessions/{}/cancel", client::seg(&id)),
+                    &json!({}),
+                )
+                .await?;
+            match v["cancelled"].as_bool() {
+                Some(true) => println!("cancelled the statement running in SQL window {id}"),
+                _ => println!("nothing was running in SQL window {id}"),
+            }
         }
         SessionCmd::Close { id } => {
             let v = client

@@ -96,6 +96,23 @@ fn the_demo_answers_from_the_cli() {
     let schema = s.ok(&["schema", "demo", "orders"]);
     assert!(schema.contains("primary key: order_id"), "{schema}");
     assert!(s.ok(&["schema", "demo"]).contains("customers"));
+    let mut child = Command::new(FERRY)
+        .args(["sql", "demo"])
+        .env("FERRY_SERVER", &s.server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"select count(*) as n from products",
+    )
+    .unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).contains("50"),
+        "SQL from standard input"
+    );
     let script = s.ok(&["sql", "demo", "select 1 as a; select 2 as b"]);
     assert!(
         script.contains("> select 1 as a") && script.contains("> select 2 as b"),

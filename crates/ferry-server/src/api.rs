@@ -131,6 +131,10 @@ pub fn router(state: SharedState) -> Router {
             get(show_session).delete(close_session),
         )
         .route("/api/v1/sessions/{id}/sql", post(run_session_sql))
+        .route(
+            "/api/v1/sessions/{id}/cancel",
+            post(cancel_session_statement),
+        )
         .route("/api/v1/queries", get(list_queries).post(submit_query))
         .route("/api/v1/queries/{id}", get(show_query).delete(cancel_query))
         .route("/api/v1/queries/{id}/result", get(query_result))
@@ -388,6 +392,16 @@ async fn run_session_sql(
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> ApiResult<Response> {
     Ok(sessions::run(&state, &id, req).await?)
+}
+
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/cancel",
+    responses((status = 200, description = "Whether a running statement was cancelled; the window stays open")))]
+async fn cancel_session_statement(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let cancelled = sessions::cancel(&state, &id).await?;
+    Ok(Json(serde_json::json!({ "cancelled": cancelled })))
 }
 
 #[utoipa::path(post, path = "/api/v1/queries", request_body = SubmitQuery, responses((status = 202, body = QueryDto)))]

@@ -31,6 +31,8 @@ pub struct SqlWindow {
     created_at_ms: i64,
     last_used: Mutex<Instant>,
     statements: std::sync::atomic::AtomicU64,
+    /// Cancels the window's running statement without waiting for the window.
+    canceller: Arc<dyn ferry_connect::Canceller>,
     /// `None` once closed.
     slot: Arc<tokio::sync::Mutex<Option<Lease>>>,
 }
@@ -146,7 +148,9 @@ pub async fn open(state: &SharedState, req: OpenSession) -> Result<SessionDto> {
         .await?;
     // A window's connection carries private state: never hand it to anyone else.
     lease.close_on_release();
+    let canceller = lease.conn().canceller();
     let window = Arc::new(SqlWindow {
+        canceller,
         id: uuid::Uuid::new_v4().to_string(),
         instance: req.instance,
         database: req.database,
@@ -176,6 +180,17 @@ pub fn close_now(state: &SharedState, id: &str, reason: &str) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// Cancels the statement running in a window, on the database server; the window stays open.
+pub async fn cancel(state: &SharedState, id: &str) -> Result<bool> {
+    let window = state.sessions.get(id)?;
+    let running = window.slot.try_lock().is_err();
+    if running {
+        window.canceller.cancel().await?;
+        tracing::info!(session = %id, instance = %window.instance, "statement in SQL window cancelled by request");
+    }
+    Ok(running)
 }
 
 struct WindowHolder(OwnedMutexGuard<Option<Lease>>);

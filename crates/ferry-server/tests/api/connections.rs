@@ -360,3 +360,49 @@ async fn console_gives_way_to_waiting_async_queries() {
         "{status} {v}"
     );
 }
+
+#[tokio::test]
+async fn a_window_statement_can_be_cancelled_and_the_window_stays() {
+    let server = TestServer::start().await;
+    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let window = open_window(&server, "pg").await;
+    let (_, idle) = server
+        .post(&format!("/api/v1/sessions/{window}/cancel"), json!({}))
+        .await;
+    assert_eq!(idle["cancelled"], false, "nothing runs yet");
+    let running = {
+        let http = server.http.clone();
+        let url = format!("{}/api/v1/sessions/{window}/sql", server.base);
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({ "sql": "select pg_sleep(60)" }))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    wait_for("the statement to start", 20, || async {
+        let (_, v) = server.get(&format!("/api/v1/sessions/{window}")).await;
+        (v["busy"] == true).then_some(())
+    })
+    .await;
+    let (_, v) = server
+        .post(&format!("/api/v1/sessions/{window}/cancel"), json!({}))
+        .await;
+    assert_eq!(v["cancelled"], true, "{v}");
+    let answer = running.await.unwrap();
+    assert_eq!(
+        answer["results"][0]["error"]["code"], "cancelled",
+        "{answer}"
+    );
+    let after = server.session_sql(&window, "select 1 as one").await;
+    assert_eq!(
+        after["results"][0]["rows"][0]["one"], 1,
+        "the window still works: {after}"
+    );
+}

@@ -14,6 +14,7 @@ pub mod redis;
 pub mod registry;
 pub mod script;
 pub mod sqlite;
+pub mod write;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use serde::Serialize;
 
 pub use pool::{InstancePool, Lease, PolicyAction, PoolStats};
 pub use registry::connector_for;
+pub use write::WriteTarget;
 
 /// Rows per record batch produced by the connectors.
 pub const BATCH_ROWS: usize = 4096;
@@ -76,6 +78,16 @@ pub trait Connection: Send {
 
     /// Columns, primary key and indexes of one table.
     async fn table(&mut self, schema: Option<&str>, name: &str) -> Result<TableDetail>;
+
+    /// Writes record batches into an existing table (columns in `target.columns` order) and
+    /// returns the rows written. Runs inside the connection's transaction if one is open.
+    async fn write(&mut self, target: &WriteTarget, batches: BatchStream<'_>) -> Result<u64> {
+        let _ = (target, batches);
+        Err(Error::Unsupported(format!(
+            "writing tables is not supported by {}",
+            self.engine()
+        )))
+    }
 
     /// Server-side sessions, as `pg_stat_activity` or `SHOW PROCESSLIST` show them.
     async fn server_sessions(&mut self) -> Result<Vec<ServerSession>> {

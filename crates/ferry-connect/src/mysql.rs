@@ -17,6 +17,10 @@ use sqlx::{
 };
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
+use crate::write::WriteTarget;
+
+/// Size of one multi-row INSERT; well under MySQL's default max_allowed_packet.
+const INSERT_BYTES: usize = 1 << 20;
 use crate::postgres::{literal, qualified, session_from_row};
 use crate::{
     BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo,
@@ -289,6 +293,29 @@ impl Connection for MysqlConnection {
 
     fn is_healthy(&self) -> bool {
         !self.broken
+    }
+
+    async fn write(
+        &mut self,
+        target: &WriteTarget,
+        mut batches: crate::BatchStream<'_>,
+    ) -> Result<u64> {
+        let mut written = 0;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            for sql in crate::write::insert_statements(Engine::Mysql, target, &batch, INSERT_BYTES)?
+            {
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(|e| {
+                        self.broken |= matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_));
+                        statement_error(e)
+                    })?;
+            }
+            written += batch.num_rows() as u64;
+        }
+        Ok(written)
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {

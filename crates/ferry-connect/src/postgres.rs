@@ -14,6 +14,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
+use crate::write::WriteTarget;
 use crate::{
     BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, IndexInfo,
     ServerInfo, ServerSession, StatementOutput, TableDetail, TableInfo, query_strings, script,
@@ -315,6 +316,67 @@ impl Connection for PostgresConnection {
 
     fn is_healthy(&self) -> bool {
         !self.client.is_closed()
+    }
+
+    async fn write(
+        &mut self,
+        target: &WriteTarget,
+        mut batches: crate::BatchStream<'_>,
+    ) -> Result<u64> {
+        let engine = Engine::Postgres;
+        let columns = target.column_list(engine);
+        // An upsert stages rows in a temporary table, then merges them with ON CONFLICT.
+        let stage = match target.upsert_keys {
+            Some(_) => {
+                let name = format!(
+                    "ferry_stage_{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                );
+                self.client
+                    .batch_execute(&format!(
+                        "CREATE TEMP TABLE {name} (LIKE {} INCLUDING DEFAULTS)",
+                        target.qualified(engine)
+                    ))
+                    .await
+                    .map_err(statement_error)?;
+                Some(name)
+            }
+            None => None,
+        };
+        let into = stage.clone().unwrap_or_else(|| target.qualified(engine));
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {into} ({columns}) FROM STDIN"))
+            .await
+            .map_err(statement_error)?;
+        futures::pin_mut!(sink);
+        while let Some(batch) = batches.next().await {
+            let text = crate::write::copy_text(&batch?, &target.columns)?;
+            futures::SinkExt::send(&mut sink, bytes::Bytes::from(text))
+                .await
+                .map_err(statement_error)?;
+        }
+        let copied = sink.finish().await.map_err(statement_error)?;
+        let Some(stage) = stage else {
+            return Ok(copied);
+        };
+        let merged = self
+            .client
+            .execute(
+                &format!(
+                    "INSERT INTO {} ({columns}) SELECT {columns} FROM {stage}{}",
+                    target.qualified(engine),
+                    crate::write::upsert_clause(engine, target)
+                ),
+                &[],
+            )
+            .await
+            .map_err(statement_error);
+        let _ = self
+            .client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {stage}"))
+            .await;
+        merged.map(|_| copied)
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {

@@ -19,6 +19,7 @@ use sqlx::{
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::postgres::{literal, qualified};
+use crate::write::WriteTarget;
 use crate::{
     BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo,
     StatementOutput, TableDetail, TableInfo, query_strings, script,
@@ -221,6 +222,55 @@ impl Connection for SqliteDb {
 
     fn in_transaction(&self) -> bool {
         self.in_transaction
+    }
+
+    async fn write(
+        &mut self,
+        target: &WriteTarget,
+        mut batches: crate::BatchStream<'_>,
+    ) -> Result<u64> {
+        // One transaction for the whole write unless the caller has one open: SQLite commits are slow.
+        let own_transaction = !self.in_transaction;
+        if own_transaction {
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut self.conn)
+                .await
+                .map_err(statement_error)?;
+        }
+        let mut written = 0;
+        let mut outcome = Ok(());
+        while let Some(batch) = batches.next().await {
+            let step = async {
+                let batch = batch?;
+                for sql in crate::write::insert_statements(Engine::Sqlite, target, &batch, 1 << 20)?
+                {
+                    sqlx::raw_sql(AssertSqlSafe(sql))
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(statement_error)?;
+                }
+                Ok::<_, Error>(batch.num_rows() as u64)
+            };
+            match step.await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if own_transaction {
+            let end = if outcome.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            sqlx::raw_sql(end)
+                .execute(&mut self.conn)
+                .await
+                .map_err(statement_error)?;
+        }
+        outcome.map(|_| written)
     }
 
     async fn databases(&mut self) -> Result<Vec<String>> {

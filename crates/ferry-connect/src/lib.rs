@@ -214,7 +214,7 @@ pub async fn collect(output: StatementOutput<'_>) -> Result<(SchemaRef, Vec<Reco
 }
 
 /// Runs a catalog query and returns its rows as optional strings, column by column as selected.
-pub(crate) async fn query_strings(
+pub async fn query_strings(
     conn: &mut dyn Connection,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>> {

@@ -169,6 +169,13 @@ impl<'a> RowRenderer<'a> {
                 }
                 out.push_str(&text);
             }
+            // SQLite would read a long decimal literal as a double: keep it exact as text.
+            DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::UInt64
+                if self.style == ValueStyle::Sqlite =>
+            {
+                let text = self.formatters[col].value(row).to_string();
+                self.text(&text, out);
+            }
             t if t.is_numeric() => {
                 let _ = write!(out, "{}", self.formatters[col].value(row));
             }
@@ -398,6 +405,46 @@ mod tests {
         );
         let err = insert_statements(Engine::Mysql, &target(false), &batch(), 1 << 20).unwrap_err();
         assert!(err.message().contains("column \"x\" holds NaN"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_decimals_stay_exact_as_text() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "big",
+            DataType::Decimal128(38, 10),
+            true,
+        )]));
+        let values =
+            arrow::array::Decimal128Array::from(vec![123_456_789_012_345_678_900_123_456_789i128])
+                .with_precision_and_scale(38, 10)
+                .unwrap();
+        let b = RecordBatch::try_new(schema, vec![Arc::new(values)]).unwrap();
+        let t = WriteTarget {
+            schema: None,
+            table: "t".into(),
+            columns: vec!["big".into()],
+            upsert_keys: None,
+        };
+        let sql = insert_statements(Engine::Sqlite, &t, &b, 1 << 20).unwrap();
+        assert_eq!(
+            sql,
+            ["INSERT INTO \"t\" (\"big\") VALUES ('12345678901234567890.0123456789')"]
+        );
+        let mysql = insert_statements(
+            Engine::Mysql,
+            &WriteTarget {
+                upsert_keys: None,
+                ..t
+            },
+            &b,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(
+            mysql[0].ends_with("VALUES (12345678901234567890.0123456789)"),
+            "{}",
+            mysql[0]
+        );
     }
 
     #[test]

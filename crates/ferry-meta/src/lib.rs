@@ -1,4 +1,5 @@
-//! Ferry's metadata store: instances, policy actions and asynchronous queries behind repository
+//! Ferry's metadata store: instances, policy actions, asynchronous queries, transfers and
+//! watermarks behind repository
 //! traits, with one SQL implementation that runs on SQLite (the embedded default) and on
 //! PostgreSQL (for several nodes), embedded migrations, and AES-256-GCM encryption of secrets.
 
@@ -91,8 +92,39 @@ pub trait QueryRepo: Send + Sync {
     async fn fail_unfinished_queries(&self, reason: &str) -> Result<u64>;
 }
 
+/// A data transfer job: its spec and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub id: String,
+    /// The transfer spec as JSON.
+    pub spec: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub error: Option<String>,
+    pub rows_read: i64,
+    pub rows_written: i64,
+    /// The report of a finished transfer as JSON.
+    pub report: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[async_trait]
+pub trait TransferRepo: Send + Sync {
+    async fn insert_transfer(&self, rec: &TransferRecord) -> Result<()>;
+    async fn update_transfer(&self, rec: &TransferRecord) -> Result<()>;
+    async fn get_transfer(&self, id: &str) -> Result<Option<TransferRecord>>;
+    /// Newest first.
+    async fn list_transfers(&self, limit: i64) -> Result<Vec<TransferRecord>>;
+    async fn fail_unfinished_transfers(&self, reason: &str) -> Result<u64>;
+    /// The last value an incremental transfer moved up to.
+    async fn get_watermark(&self, name: &str) -> Result<Option<String>>;
+    async fn set_watermark(&self, name: &str, value: &str) -> Result<()>;
+}
+
 /// Everything the server needs from the store.
-pub trait MetaStore: InstanceRepo + PolicyActionRepo + QueryRepo {
+pub trait MetaStore: InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 }

@@ -11,13 +11,14 @@ use sqlx::{AnyPool, Row};
 
 use crate::{
     InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, PolicyActionRepo, QueryRecord,
-    QueryRepo,
+    QueryRepo, TransferRecord, TransferRepo,
 };
 
 /// Schema migrations, applied in order once each. Append only; never edit a released one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "create table instances (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "create table instances (
         name text primary key,
         engine text not null,
         environment text not null,
@@ -52,7 +53,29 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         finished_at_ms bigint
     );
     create index queries_by_created on queries (created_at_ms)",
-)];
+    ),
+    (
+        2,
+        "create table transfers (
+        id text primary key,
+        spec text not null,
+        status text not null,
+        error text,
+        rows_read bigint not null,
+        rows_written bigint not null,
+        report text,
+        created_at_ms bigint not null,
+        started_at_ms bigint,
+        finished_at_ms bigint
+    );
+    create index transfers_by_created on transfers (created_at_ms);
+    create table watermarks (
+        name text primary key,
+        value text not null,
+        updated_at_ms bigint not null
+    )",
+    ),
+];
 
 /// The metadata store on SQLite or PostgreSQL.
 pub struct SqlStore {
@@ -402,5 +425,120 @@ impl QueryRepo for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(done.rows_affected())
+    }
+}
+
+const TRANSFER_COLUMNS: &str = "id, spec, status, error, rows_read, rows_written, report, created_at_ms, started_at_ms, finished_at_ms";
+
+fn transfer_from(row: &AnyRow) -> Result<TransferRecord> {
+    Ok(TransferRecord {
+        id: row.try_get("id").map_err(store_error)?,
+        spec: row.try_get("spec").map_err(store_error)?,
+        status: row.try_get("status").map_err(store_error)?,
+        error: row.try_get("error").map_err(store_error)?,
+        rows_read: row.try_get("rows_read").map_err(store_error)?,
+        rows_written: row.try_get("rows_written").map_err(store_error)?,
+        report: row.try_get("report").map_err(store_error)?,
+        created_at_ms: row.try_get("created_at_ms").map_err(store_error)?,
+        started_at_ms: row.try_get("started_at_ms").map_err(store_error)?,
+        finished_at_ms: row.try_get("finished_at_ms").map_err(store_error)?,
+    })
+}
+
+#[async_trait]
+impl TransferRepo for SqlStore {
+    async fn insert_transfer(&self, r: &TransferRecord) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into transfers ({TRANSFER_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )))
+        .bind(&r.id)
+        .bind(&r.spec)
+        .bind(&r.status)
+        .bind(r.error.clone())
+        .bind(r.rows_read)
+        .bind(r.rows_written)
+        .bind(r.report.clone())
+        .bind(r.created_at_ms)
+        .bind(r.started_at_ms)
+        .bind(r.finished_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn update_transfer(&self, r: &TransferRecord) -> Result<()> {
+        sqlx::query(
+            "update transfers set status = $2, error = $3, rows_read = $4, rows_written = $5, report = $6, \
+             started_at_ms = $7, finished_at_ms = $8 where id = $1",
+        )
+        .bind(&r.id)
+        .bind(&r.status)
+        .bind(r.error.clone())
+        .bind(r.rows_read)
+        .bind(r.rows_written)
+        .bind(r.report.clone())
+        .bind(r.started_at_ms)
+        .bind(r.finished_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get_transfer(&self, id: &str) -> Result<Option<TransferRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {TRANSFER_COLUMNS} from transfers where id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(transfer_from).transpose()
+    }
+
+    async fn list_transfers(&self, limit: i64) -> Result<Vec<TransferRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {TRANSFER_COLUMNS} from transfers order by created_at_ms desc, id limit $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(transfer_from).collect()
+    }
+
+    async fn fail_unfinished_transfers(&self, reason: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "update transfers set status = 'failed', error = $1, finished_at_ms = $2 where status in ('queued', 'running')",
+        )
+        .bind(reason)
+        .bind(crate::now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_watermark(&self, name: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("select value from watermarks where name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn set_watermark(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "insert into watermarks (name, value, updated_at_ms) values ($1, $2, $3) \
+             on conflict (name) do update set value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(crate::now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The same repository suite on both backends: the embedded SQLite store and PostgreSQL.
 
 use ferry_meta::{
-    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore, now_ms,
+    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore,
+    TransferRecord, now_ms,
 };
 
 fn instance(name: &str) -> InstanceRecord {
@@ -116,6 +117,44 @@ async fn suite(store: &dyn MetaStore) {
         ("failed", Some("node restarted"))
     );
     assert_eq!(store.list_queries(10).await.unwrap().len(), 2);
+
+    // Transfers and watermarks.
+    let mut t = TransferRecord {
+        id: "t1".into(),
+        spec: "{}".into(),
+        status: "running".into(),
+        error: None,
+        rows_read: 0,
+        rows_written: 0,
+        report: None,
+        created_at_ms: now_ms(),
+        started_at_ms: Some(now_ms()),
+        finished_at_ms: None,
+    };
+    store.insert_transfer(&t).await.unwrap();
+    t.rows_written = 7;
+    store.update_transfer(&t).await.unwrap();
+    assert_eq!(
+        store
+            .get_transfer("t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .rows_written,
+        7
+    );
+    assert_eq!(
+        store.fail_unfinished_transfers("restarted").await.unwrap(),
+        1
+    );
+    assert_eq!(store.list_transfers(5).await.unwrap()[0].status, "failed");
+    assert_eq!(store.get_watermark("w").await.unwrap(), None);
+    store.set_watermark("w", "10").await.unwrap();
+    store.set_watermark("w", "20").await.unwrap();
+    assert_eq!(
+        store.get_watermark("w").await.unwrap().as_deref(),
+        Some("20")
+    );
 }
 
 #[tokio::test]

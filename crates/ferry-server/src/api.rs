@@ -17,7 +17,8 @@ use crate::error::{ApiError, ApiResult, bad_request};
 use crate::instances::{AddInstance, InstanceDto, UpdateInstance};
 use crate::queries::{QueryDto, ResultParams, SubmitQuery};
 use crate::sessions::{OpenSession, SessionDto};
-use crate::{SharedState, console, instances, queries, sessions};
+use crate::transfers::TransferDto;
+use crate::{SharedState, console, instances, queries, sessions, transfers};
 
 /// A JSON body whose rejections use the API's error shape.
 pub struct ApiJson<T>(pub T);
@@ -86,7 +87,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         show_query,
         cancel_query,
         query_result,
-        policy_actions
+        policy_actions,
+        submit_transfer,
+        list_transfers,
+        show_transfer,
+        cancel_transfer
     ),
     components(schemas(
         AddInstance,
@@ -97,7 +102,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         OpenSession,
         SessionDto,
         SubmitQuery,
-        QueryDto
+        QueryDto,
+        TransferDto
     ))
 )]
 pub struct ApiDoc;
@@ -139,6 +145,14 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/queries/{id}", get(show_query).delete(cancel_query))
         .route("/api/v1/queries/{id}/result", get(query_result))
         .route("/api/v1/policy-actions", get(policy_actions))
+        .route(
+            "/api/v1/transfers",
+            get(list_transfers).post(submit_transfer),
+        )
+        .route(
+            "/api/v1/transfers/{id}",
+            get(show_transfer).delete(cancel_transfer),
+        )
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),
@@ -473,4 +487,43 @@ async fn policy_actions(
             )
             .await?,
     ))
+}
+
+#[utoipa::path(post, path = "/api/v1/transfers", request_body(content = Object, description = "A transfer spec: source (table or query), target, mode, by, create, allow_lossy, where, verify"),
+    responses((status = 202, body = TransferDto), (status = 400), (status = 404)))]
+async fn submit_transfer(
+    State(state): State<SharedState>,
+    ApiJson(spec): ApiJson<ferry_move::TransferSpec>,
+) -> ApiResult<Response> {
+    let dto = transfers::submit(&state, spec).await?;
+    Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/transfers", responses((status = 200, body = Vec<TransferDto>)))]
+async fn list_transfers(State(state): State<SharedState>) -> ApiResult<Json<Vec<TransferDto>>> {
+    Ok(Json(
+        state
+            .meta
+            .list_transfers(200)
+            .await?
+            .into_iter()
+            .map(TransferDto::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/transfers/{id}", responses((status = 200, body = TransferDto), (status = 404)))]
+async fn show_transfer(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TransferDto>> {
+    Ok(Json(transfers::get(&state, &id).await?.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/transfers/{id}", responses((status = 200, body = TransferDto), (status = 409)))]
+async fn cancel_transfer(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TransferDto>> {
+    Ok(Json(transfers::cancel(&state, &id).await?))
 }

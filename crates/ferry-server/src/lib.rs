@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queries;
 pub mod sessions;
+pub mod transfers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,7 @@ pub struct AppState {
     pub instances: instances::Instances,
     pub sessions: sessions::Sessions,
     pub queries: queries::AsyncQueries,
+    pub transfers: transfers::Transfers,
     pub metrics: metrics::Metrics,
 }
 
@@ -87,10 +89,22 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
             "marked queries left unfinished by a previous run as failed"
         );
     }
+    let recovered = meta
+        .fail_unfinished_transfers(
+            "the server stopped while the transfer ran; its target was rolled back, run it again",
+        )
+        .await?;
+    if recovered > 0 {
+        tracing::warn!(
+            count = recovered,
+            "marked transfers left unfinished by a previous run as failed"
+        );
+    }
     let state = Arc::new(AppState {
         instances: instances::Instances::default(),
         sessions: sessions::Sessions::default(),
         queries: queries::AsyncQueries::default(),
+        transfers: transfers::Transfers::default(),
         metrics: metrics::Metrics::new(),
         meta,
         key,
@@ -133,6 +147,7 @@ impl BoundServer {
             .sessions
             .close_all(&self.state, "the server is shutting down");
         self.state.queries.cancel_all();
+        self.state.transfers.cancel_all();
         Ok(())
     }
 }

@@ -6,3 +6,4 @@ mod connections;
 mod console;
 mod queries;
 mod secrets;
+mod transfers;

@@ -1,0 +1,484 @@
+//! Runs a transfer: reads the source as record batches, writes them into the target inside one
+//! transaction (emptying it first in replace mode, clearing the incremental range first so a
+//! re-run cannot duplicate), then reads the target back to compare counts and checksums.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use ferry_connect::write::{WriteTarget, qualified_table, quote_ident};
+use ferry_connect::{
+    BatchStream, InstancePool, Lease, StatementOutput, TableDetail, collect, query_strings,
+};
+use ferry_core::{Engine, Error, Feature, Result};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::checksum::Checksum;
+use crate::mapping::refine_declared;
+use crate::plan::{
+    Mode, SourceSpec, TransferSpec, check_created, check_target, create_table_sql, source_sql,
+    watermark_literal,
+};
+
+/// Where incremental transfers keep their watermarks (the metadata store, in the server).
+#[async_trait]
+pub trait WatermarkStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>>;
+    async fn set(&self, key: &str, value: &str) -> Result<()>;
+}
+
+/// Counters a caller can read while the transfer runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub rows_read: AtomicU64,
+    pub rows_written: AtomicU64,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    pub rows: u64,
+    pub created_table: bool,
+    /// For incremental transfers: the range moved, `(previous watermark, new watermark]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(Option<String>, String)>,
+    /// Counts and checksums of both sides, when verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_checksum: Option<Checksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_checksum: Option<Checksum>,
+    pub verified: bool,
+    pub duration_ms: u64,
+}
+
+fn begin_sql(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Mysql => "START TRANSACTION",
+        _ => "BEGIN",
+    }
+}
+
+/// Runs a transfer between two pools (they may be the same).
+pub async fn run_transfer(
+    spec: &TransferSpec,
+    source_pool: Arc<InstancePool>,
+    target_pool: Arc<InstancePool>,
+    watermarks: &dyn WatermarkStore,
+    progress: &Progress,
+) -> Result<TransferReport> {
+    spec.validate()?;
+    let started = Instant::now();
+    let source_engine = source_pool.connector().engine();
+    let target_engine = target_pool.connector().engine();
+    if target_engine == Engine::Redis {
+        return Err(Error::Unsupported(
+            "Redis is not a transfer target yet".into(),
+        ));
+    }
+    let mut source = source_pool
+        .acquire(
+            Feature::AsyncQuery,
+            spec.source.database(),
+            "transfer source",
+        )
+        .await?;
+    let mut target = target_pool
+        .acquire(
+            Feature::AsyncQuery,
+            spec.target.database.as_deref(),
+            "transfer target",
+        )
+        .await?;
+
+    let source_detail = match &spec.source {
+        SourceSpec::Table(e) => Some(
+            source
+                .conn()
+                .table(e.schema.as_deref(), &e.table)
+                .await
+                .map_err(|err| err.context(format!("source {}", e.display())))?,
+        ),
+        SourceSpec::Query { .. } => None,
+    };
+
+    // Incremental: the range (last watermark, current maximum].
+    if spec.mode == Mode::Incremental {
+        let by = spec.by.as_deref().unwrap_or_default();
+        let by_type = column_type_of(source_detail.as_ref(), by)?;
+        let key = spec.watermark_key();
+        let low = watermarks.get(&key).await?;
+        let max_sql = format!(
+            "SELECT max({}) FROM ({}) AS ferry_max",
+            quote_ident(source_engine, by),
+            source_sql(source_engine, spec, None)
+        );
+        let high = query_strings(source.conn(), &max_sql)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten());
+        let Some(high) = high else {
+            return Ok(empty_report(started, None));
+        };
+        if low.as_deref() == Some(high.as_str()) {
+            return Ok(empty_report(started, Some((low, high))));
+        }
+        let low_lit = low
+            .as_deref()
+            .map(|l| watermark_literal(l, &by_type))
+            .transpose()?;
+        let high_lit = watermark_literal(&high, &by_type)?;
+        let range = Some((low, high));
+        return transfer(
+            spec,
+            &mut source,
+            &mut target,
+            source_detail,
+            Some((low_lit, high_lit)),
+            range,
+            watermarks,
+            progress,
+            started,
+        )
+        .await;
+    }
+    transfer(
+        spec,
+        &mut source,
+        &mut target,
+        source_detail,
+        None,
+        None,
+        watermarks,
+        progress,
+        started,
+    )
+    .await
+}
+
+fn empty_report(started: Instant, range: Option<(Option<String>, String)>) -> TransferReport {
+    TransferReport {
+        rows: 0,
+        created_table: false,
+        range,
+        source_checksum: None,
+        target_checksum: None,
+        verified: true,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+fn column_type_of(detail: Option<&TableDetail>, column: &str) -> Result<DataType> {
+    let Some(detail) = detail else {
+        return Ok(DataType::Utf8);
+    };
+    let c = detail
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "source table \"{}\" has no column \"{column}\" to follow",
+                detail.name
+            ))
+        })?;
+    Ok(c.arrow_type.parse().unwrap_or(DataType::Utf8))
+}
+
+/// The source schema with declared decimals refined (MySQL decimals arrive as exact text).
+fn refined_schema(schema: &SchemaRef, detail: Option<&TableDetail>) -> SchemaRef {
+    let Some(detail) = detail else {
+        return schema.clone();
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let declared = detail
+                .columns
+                .iter()
+                .find(|c| c.name == *f.name())
+                .map(|c| c.data_type.as_str())
+                .unwrap_or("");
+            match refine_declared(declared, f.data_type()) {
+                Some(t) => Field::new(f.name(), t, true),
+                None => f.as_ref().clone(),
+            }
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn cast_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                Error::Engine(format!(
+                    "column \"{}\" does not convert to {}: {e}",
+                    f.name(),
+                    f.data_type()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal(e.to_string()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    spec: &TransferSpec,
+    source: &mut Lease,
+    target: &mut Lease,
+    source_detail: Option<TableDetail>,
+    range_literals: Option<(Option<String>, String)>,
+    range: Option<(Option<String>, String)>,
+    watermarks: &dyn WatermarkStore,
+    progress: &Progress,
+    started: Instant,
+) -> Result<TransferReport> {
+    let source_engine = source.pool().connector().engine();
+    let target_engine = target.pool().connector().engine();
+    let sql = source_sql(
+        source_engine,
+        spec,
+        range_literals
+            .as_ref()
+            .map(|(l, h)| (l.as_deref(), h.as_str())),
+    );
+    tracing::info!(source = %spec.source.display(), target = %spec.target.display(), mode = ?spec.mode, "transfer started");
+
+    // The target first: it must exist (or be created) with compatible columns before rows flow.
+    let target_detail = match target
+        .conn()
+        .table(spec.target.schema.as_deref(), &spec.target.table)
+        .await
+    {
+        Ok(d) => Some(d),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let (raw_schema, batches) = match source
+        .conn()
+        .run(&sql)
+        .await
+        .map_err(|e| e.context("reading the source"))?
+    {
+        StatementOutput::Rows { schema, batches } => (schema, batches),
+        StatementOutput::Affected(_) => {
+            return Err(Error::InvalidInput(
+                "the source statement returns no rows: give a table or a SELECT".into(),
+            ));
+        }
+    };
+    let schema = refined_schema(&raw_schema, source_detail.as_ref());
+    let mut created_table = false;
+    let columns = match &target_detail {
+        Some(detail) => check_target(&schema, detail, spec.allow_lossy)?,
+        None if spec.create => {
+            check_created(target_engine, &schema, spec.allow_lossy)?;
+            let pk = source_detail
+                .as_ref()
+                .map(|d| d.primary_key.clone())
+                .unwrap_or_default();
+            let ddl = create_table_sql(target_engine, &spec.target, &schema, &pk)?;
+            target
+                .conn()
+                .run(&ddl)
+                .await
+                .map_err(|e| e.context(format!("creating {}", spec.target.display())))?;
+            created_table = true;
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        }
+        None => {
+            return Err(Error::NotFound(format!(
+                "target table {} does not exist: create it, or pass --create to let Ferry create it",
+                spec.target.display()
+            )));
+        }
+    };
+    let upsert_keys = match spec.mode {
+        Mode::Upsert => {
+            let keys = target_detail
+                .as_ref()
+                .map(|d| d.primary_key.clone())
+                .filter(|k| !k.is_empty())
+                .or_else(|| {
+                    source_detail
+                        .as_ref()
+                        .map(|d| d.primary_key.clone())
+                        .filter(|k| !k.is_empty())
+                })
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "upsert needs a primary key on the target table {}",
+                        spec.target.display()
+                    ))
+                })?;
+            Some(keys)
+        }
+        _ => None,
+    };
+    let write_target = WriteTarget {
+        schema: spec.target.schema.clone(),
+        table: spec.target.table.clone(),
+        columns,
+        upsert_keys,
+    };
+    let qualified = qualified_table(
+        target_engine,
+        spec.target.schema.as_deref(),
+        &spec.target.table,
+    );
+    let range_condition = |engine: Engine| -> Option<String> {
+        let (low, high) = range_literals.as_ref()?;
+        let by = quote_ident(engine, spec.by.as_deref()?);
+        Some(match low {
+            Some(low) => format!("{by} > {low} AND {by} <= {high}"),
+            None => format!("{by} <= {high}"),
+        })
+    };
+
+    // One transaction on the target: clear, write, commit.
+    target.conn().run(begin_sql(target_engine)).await?;
+    let outcome: Result<(u64, Checksum)> = async {
+        match spec.mode {
+            Mode::Replace => {
+                let clear = match target_engine {
+                    Engine::Postgres => format!("TRUNCATE {qualified}"),
+                    _ => format!("DELETE FROM {qualified}"),
+                };
+                target.conn().run(&clear).await?;
+            }
+            Mode::Incremental => {
+                if let Some(cond) = range_condition(target_engine) {
+                    target
+                        .conn()
+                        .run(&format!("DELETE FROM {qualified} WHERE {cond}"))
+                        .await?;
+                }
+            }
+            Mode::Append | Mode::Upsert => {}
+        }
+        pump(batches, &schema, target, &write_target, progress).await
+    }
+    .await;
+    let (rows, source_checksum) = match outcome {
+        Ok(v) => {
+            target.conn().run("COMMIT").await?;
+            v
+        }
+        Err(e) => {
+            let _ = target.conn().run("ROLLBACK").await;
+            target.close_on_release();
+            return Err(e);
+        }
+    };
+    if let Some((_, high)) = &range {
+        watermarks.set(&spec.watermark_key(), high).await?;
+    }
+
+    // Read the target back and compare, where the target holds exactly what was moved.
+    let mut target_checksum = None;
+    // Replace and incremental leave the target (or its range) holding exactly the rows moved.
+    if spec.verify && matches!(spec.mode, Mode::Replace | Mode::Incremental) {
+        let cols = write_target
+            .columns
+            .iter()
+            .map(|c| quote_ident(target_engine, c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut check_sql = format!("SELECT {cols} FROM {qualified}");
+        if let Some(cond) = range_condition(target_engine) {
+            check_sql.push_str(&format!(" WHERE {cond}"));
+        }
+        let (_, back) = collect_checksum(target, &check_sql, &schema).await?;
+        if back != source_checksum {
+            return Err(Error::Engine(format!(
+                "verification failed for {}: the source gave {} rows (checksum {:016x}), the target holds {} (checksum {:016x})",
+                spec.target.display(),
+                source_checksum.rows,
+                source_checksum.sum,
+                back.rows,
+                back.sum
+            )));
+        }
+        target_checksum = Some(back);
+    }
+    tracing::info!(target = %spec.target.display(), rows, verified = target_checksum.is_some(), "transfer finished");
+    Ok(TransferReport {
+        rows,
+        created_table,
+        range,
+        verified: target_checksum.is_some(),
+        source_checksum: Some(source_checksum),
+        target_checksum,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Moves batches from the source stream into the target, reading and writing concurrently.
+async fn pump(
+    mut batches: BatchStream<'_>,
+    schema: &SchemaRef,
+    target: &mut Lease,
+    write_target: &WriteTarget,
+    progress: &Progress,
+) -> Result<(u64, Checksum)> {
+    let (tx, mut rx) = mpsc::channel::<Result<RecordBatch>>(4);
+    let read = async {
+        let mut checksum = Checksum::default();
+        while let Some(batch) = batches.next().await {
+            let batch = batch.and_then(|b| cast_batch(b, schema));
+            let failed = batch.is_err();
+            if let Ok(b) = &batch {
+                checksum.add(b, schema)?;
+                progress
+                    .rows_read
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
+            if tx.send(batch).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+        Ok::<_, Error>(checksum)
+    };
+    let stream: BatchStream<'_> = Box::pin(
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).inspect(|b| {
+            if let Ok(b) = b {
+                progress
+                    .rows_written
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
+        }),
+    );
+    let write = target.conn().write(write_target, stream);
+    let (checksum, written) = tokio::join!(read, write);
+    let written = written.map_err(|e| e.context(format!("writing {}", write_target.table)))?;
+    let checksum = checksum?;
+    Ok((written, checksum))
+}
+
+async fn collect_checksum(
+    lease: &mut Lease,
+    sql: &str,
+    schema: &SchemaRef,
+) -> Result<(SchemaRef, Checksum)> {
+    let (back_schema, batches) = collect(lease.conn().run(sql).await?).await?;
+    let mut c = Checksum::default();
+    for b in &batches {
+        c.add(b, schema)?;
+    }
+    Ok((back_schema, c))
+}

@@ -1,0 +1,181 @@
+//! Transfers as background jobs: submitted with a spec, run on leases of both instances'
+//! pools, with progress and the final report recorded in the metadata store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::{Error, Result};
+use ferry_meta::{MetaStore, TransferRecord, now_ms};
+use ferry_move::{Progress, TransferSpec, WatermarkStore, run_transfer};
+use serde::Serialize;
+
+use crate::SharedState;
+
+/// Transfers running on this node.
+#[derive(Default)]
+pub struct Transfers {
+    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Transfers {
+    pub fn cancel_all(&self) {
+        for (_, t) in lock(&self.running).drain() {
+            t.abort();
+        }
+    }
+}
+
+/// A transfer as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransferDto {
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: String,
+    pub error: Option<String>,
+    pub rows_read: i64,
+    pub rows_written: i64,
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+impl From<TransferRecord> for TransferDto {
+    fn from(r: TransferRecord) -> Self {
+        TransferDto {
+            spec: serde_json::from_str(&r.spec).unwrap_or(serde_json::Value::Null),
+            report: r
+                .report
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
+            id: r.id,
+            status: r.status,
+            error: r.error,
+            rows_read: r.rows_read,
+            rows_written: r.rows_written,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+        }
+    }
+}
+
+struct StoreWatermarks(Arc<dyn MetaStore>);
+
+#[async_trait]
+impl WatermarkStore for StoreWatermarks {
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        self.0.get_watermark(key).await
+    }
+    async fn set(&self, key: &str, value: &str) -> Result<()> {
+        self.0.set_watermark(key, value).await
+    }
+}
+
+pub async fn get(state: &SharedState, id: &str) -> Result<TransferRecord> {
+    state.meta.get_transfer(id).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "transfer {id} does not exist; list them with `ferry transfer list`"
+        ))
+    })
+}
+
+/// Checks the spec and the instances, records the job and starts it.
+pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferDto> {
+    spec.validate()?;
+    let source = state.pool(spec.source.instance()).await?;
+    let target = state.pool(&spec.target.instance).await?;
+    let rec = TransferRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        spec: serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+        status: "running".into(),
+        error: None,
+        rows_read: 0,
+        rows_written: 0,
+        report: None,
+        created_at_ms: now_ms(),
+        started_at_ms: Some(now_ms()),
+        finished_at_ms: None,
+    };
+    state.meta.insert_transfer(&rec).await?;
+    let task_state = state.clone();
+    let mut task_rec = rec.clone();
+    let mut running = lock(&state.transfers.running);
+    let handle = tokio::spawn(async move {
+        let progress = Arc::new(Progress::default());
+        let reporter = {
+            let (state, progress, mut rec) =
+                (task_state.clone(), progress.clone(), task_rec.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    rec.rows_read = progress
+                        .rows_read
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        as i64;
+                    rec.rows_written = progress
+                        .rows_written
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        as i64;
+                    let _ = state.meta.update_transfer(&rec).await;
+                }
+            })
+        };
+        let watermarks = StoreWatermarks(task_state.meta.clone());
+        let outcome = run_transfer(&spec, source, target, &watermarks, &progress).await;
+        reporter.abort();
+        task_rec.rows_read = progress
+            .rows_read
+            .load(std::sync::atomic::Ordering::Relaxed) as i64;
+        task_rec.rows_written = progress
+            .rows_written
+            .load(std::sync::atomic::Ordering::Relaxed) as i64;
+        task_rec.finished_at_ms = Some(now_ms());
+        match outcome {
+            Ok(report) => {
+                task_rec.status = "succeeded".into();
+                task_rec.rows_written = report.rows as i64;
+                task_rec.report = serde_json::to_string(&report).ok();
+            }
+            Err(e) => {
+                tracing::warn!(transfer = %task_rec.id, error = %e, "transfer failed");
+                task_rec.status = "failed".into();
+                task_rec.error = Some(e.message().to_string());
+            }
+        }
+        if let Err(e) = task_state.meta.update_transfer(&task_rec).await {
+            tracing::error!(transfer = %task_rec.id, error = %e, "could not record the end of a transfer");
+        }
+        lock(&task_state.transfers.running).remove(&task_rec.id);
+    });
+    running.insert(rec.id.clone(), handle.abort_handle());
+    drop(running);
+    Ok(rec.into())
+}
+
+pub async fn cancel(state: &SharedState, id: &str) -> Result<TransferDto> {
+    let mut rec = get(state, id).await?;
+    let Some(task) = lock(&state.transfers.running).remove(id) else {
+        return Err(Error::Conflict(format!(
+            "transfer {id} already ended ({}); nothing to cancel",
+            rec.status
+        )));
+    };
+    // Aborting drops the leases mid-transaction: the target rolls back and nothing is half-written.
+    task.abort();
+    rec.status = "cancelled".into();
+    rec.error = Some("cancelled by request; the target was rolled back".into());
+    rec.finished_at_ms = Some(now_ms());
+    state.meta.update_transfer(&rec).await?;
+    Ok(rec.into())
+}

@@ -61,6 +61,77 @@ enum Command {
     /// Asynchronous queries whose results are fetched later.
     #[command(subcommand)]
     Query(QueryCmd),
+    /// Copy a table or query result into a table on another (or the same) instance, verified.
+    Copy(CopyArgs),
+    /// Transfers started with `ferry copy`: list, show, cancel.
+    #[command(subcommand)]
+    Transfer(TransferCmd),
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// INSTANCE:[SCHEMA.]TABLE, or INSTANCE with --query.
+    source: String,
+    /// INSTANCE:[SCHEMA.]TABLE
+    target: String,
+    /// Copy the result of this query instead of a table.
+    #[arg(long)]
+    query: Option<String>,
+    #[arg(long, value_enum, default_value_t = CopyMode::Replace)]
+    mode: CopyMode,
+    /// The column incremental mode follows.
+    #[arg(long, required_if_eq("mode", "incremental"))]
+    by: Option<String>,
+    /// Create the target table when missing, in the target's dialect, with the source's primary key.
+    #[arg(long)]
+    create: bool,
+    /// A condition on source rows, in the source's SQL dialect.
+    #[arg(long = "where")]
+    filter: Option<String>,
+    /// Accept conversions that change values (narrowing, rounding, dropping a time zone).
+    #[arg(long)]
+    allow_lossy: bool,
+    /// Skip reading the target back to compare checksums.
+    #[arg(long)]
+    no_verify: bool,
+    #[arg(long)]
+    source_db: Option<String>,
+    #[arg(long)]
+    target_db: Option<String>,
+    /// Print the transfer id and return at once.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CopyMode {
+    Replace,
+    Append,
+    Incremental,
+    Upsert,
+}
+
+impl CopyMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            CopyMode::Replace => "replace",
+            CopyMode::Append => "append",
+            CopyMode::Incremental => "incremental",
+            CopyMode::Upsert => "upsert",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum TransferCmd {
+    List,
+    Show {
+        id: String,
+    },
+    /// Cancel a running transfer; its target is rolled back.
+    Cancel {
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -229,6 +300,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schema(args) => schema(&client, out, args).await,
         Command::Session(cmd) => session(&client, out, cmd).await,
         Command::Query(cmd) => query(&client, out, cmd).await,
+        Command::Copy(args) => copy(&client, out, args).await,
+        Command::Transfer(cmd) => transfer(&client, out, cmd).await,
     }
 }
 
@@ -682,6 +755,137 @@ async fn query(client: &Client, out: Output, cmd: QueryCmd) -> anyhow::Result<()
                 .delete(&format!("/api/v1/queries/{}", client::seg(&id)))
                 .await?;
             println!("query {id}: {}", v["status"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// `INSTANCE:[SCHEMA.]TABLE` as an endpoint.
+fn endpoint(text: &str, database: Option<&str>) -> anyhow::Result<Value> {
+    let Some((instance, table)) = text
+        .split_once(':')
+        .filter(|(i, t)| !i.is_empty() && !t.is_empty())
+    else {
+        bail!("{text:?} is not INSTANCE:TABLE (e.g. pg:public.orders or demo:orders)");
+    };
+    let (schema, table) = match table.split_once('.') {
+        Some((s, t)) => (Some(s), t),
+        None => (None, table),
+    };
+    Ok(json!({ "instance": instance, "database": database, "schema": schema, "table": table }))
+}
+
+async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()> {
+    let source = match &args.query {
+        Some(sql) => {
+            json!({ "query": { "instance": args.source.trim_end_matches(':'), "database": args.source_db, "sql": sql } })
+        }
+        None => json!({ "table": endpoint(&args.source, args.source_db.as_deref())? }),
+    };
+    let spec = json!({
+        "source": source,
+        "target": endpoint(&args.target, args.target_db.as_deref())?,
+        "mode": args.mode.as_str(),
+        "by": args.by,
+        "create": args.create,
+        "allow_lossy": args.allow_lossy,
+        "where": args.filter,
+        "verify": !args.no_verify,
+    });
+    let started = client.post("/api/v1/transfers", &spec).await?;
+    let id = started["id"].as_str().unwrap_or_default().to_string();
+    if args.detach {
+        println!("{id}");
+        return Ok(());
+    }
+    let show_progress = std::io::stderr().is_terminal();
+    let clock = std::time::Instant::now();
+    let done = loop {
+        let v = client
+            .get(&format!("/api/v1/transfers/{}", client::seg(&id)))
+            .await?;
+        if v["status"] != "running" {
+            break v;
+        }
+        if show_progress {
+            let rows = v["rows_written"].as_f64().unwrap_or(0.0);
+            let rate = rows / clock.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r{} rows, {:.0} rows/s   ", rows as u64, rate);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    if show_progress {
+        eprint!("\r");
+    }
+    if out == Output::Json {
+        render::json(&done);
+    }
+    if done["status"] != "succeeded" {
+        bail!(
+            "transfer {id} {}: {}",
+            done["status"].as_str().unwrap_or("failed"),
+            done["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    if out != Output::Json {
+        let report = &done["report"];
+        let rows = report["rows"].as_u64().unwrap_or(0);
+        let secs = report["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        println!(
+            "copied {rows} rows from {} to {} in {secs:.1} s ({:.0} rows/s){}{}",
+            args.source,
+            args.target,
+            rows as f64 / secs.max(0.001),
+            if report["created_table"] == true {
+                "; created the target table"
+            } else {
+                ""
+            },
+            match report["verified"].as_bool() {
+                Some(true) => format!(
+                    "; verified: {} rows, checksum {:016x} on both sides",
+                    report["target_checksum"]["rows"],
+                    report["target_checksum"]["sum"].as_u64().unwrap_or(0)
+                ),
+                _ => "; not verified".to_string(),
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn transfer(client: &Client, out: Output, cmd: TransferCmd) -> anyhow::Result<()> {
+    match cmd {
+        TransferCmd::List => {
+            let v = client.get("/api/v1/transfers").await?;
+            render::records(
+                out,
+                &v,
+                &[
+                    "id",
+                    "status",
+                    "rows_written",
+                    "spec.source",
+                    "spec.target.instance",
+                    "spec.target.table",
+                    "error",
+                ],
+            );
+        }
+        TransferCmd::Show { id } => {
+            let v = client
+                .get(&format!("/api/v1/transfers/{}", client::seg(&id)))
+                .await?;
+            render::object(out, &v);
+        }
+        TransferCmd::Cancel { id } => {
+            let v = client
+                .delete(&format!("/api/v1/transfers/{}", client::seg(&id)))
+                .await?;
+            println!(
+                "transfer {id}: {}",
+                v["status"].as_str().unwrap_or_default()
+            );
         }
     }
     Ok(())

@@ -234,6 +234,32 @@ fn windows_queries_and_instances_from_the_cli() {
         ),
         (Some(2), Some(5))
     );
+    let copied = s.ok(&["copy", "demo:orders", "extra:orders", "--create"]);
+    assert!(
+        copied.contains("copied 120000 rows from demo:orders to extra:orders"),
+        "{copied}"
+    );
+    assert!(copied.contains("verified: 120000 rows"), "{copied}");
+    let again = s.ferry(&[
+        "copy",
+        "demo:orders",
+        "extra:orders",
+        "--mode",
+        "incremental",
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "incremental without --by is refused before anything runs"
+    );
+    let bad = s.ferry(&["copy", "demo:missing", "extra:x", "--create"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("source demo:missing"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(s.ok(&["transfer", "list"]).contains("succeeded"));
     s.ok(&["instance", "rm", "extra"]);
     assert!(!s.ok(&["instance", "list"]).contains("extra"));
 }

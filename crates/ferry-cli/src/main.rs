@@ -832,7 +832,8 @@ async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()
         let rows = report["rows"].as_u64().unwrap_or(0);
         let secs = report["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
         println!(
-            "copied {rows} rows from {} to {} in {secs:.1} s ({:.0} rows/s){}{}",
+            "copied {rows} row{} from {} to {} in {secs:.1} s ({:.0} rows/s){}{}",
+            if rows == 1 { "" } else { "s" },
             args.source,
             args.target,
             rows as f64 / secs.max(0.001),
@@ -861,15 +862,7 @@ async fn transfer(client: &Client, out: Output, cmd: TransferCmd) -> anyhow::Res
             render::records(
                 out,
                 &v,
-                &[
-                    "id",
-                    "status",
-                    "rows_written",
-                    "spec.source",
-                    "spec.target.instance",
-                    "spec.target.table",
-                    "error",
-                ],
+                &["id", "status", "rows_written", "source", "target", "error"],
             );
         }
         TransferCmd::Show { id } => {

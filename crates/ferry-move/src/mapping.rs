@@ -198,7 +198,7 @@ pub fn conversion(from: &DataType, to: &DataType) -> Conversion {
         (Timestamp(..), Date32) => Lossy("the time of day is dropped".into()),
         (Timestamp(u1, Some(_)), Timestamp(u2, None)) => {
             let _ = (u1, u2);
-            Lossy("the time zone is dropped (instants are stored as UTC wall-clock time)".into())
+            Lossy("the time zone is dropped, instants are stored as UTC wall-clock time".into())
         }
         (Timestamp(u1, _), Timestamp(u2, _)) => {
             if unit_rank(u2) >= unit_rank(u1) {

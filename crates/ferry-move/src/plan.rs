@@ -301,13 +301,23 @@ pub fn check_created(engine: Engine, source: &SchemaRef, allow_lossy: bool) -> R
             && !allow_lossy
         {
             return Err(Error::InvalidInput(format!(
-                "column \"{}\": {engine} has no type that keeps {} exactly ({reason}); pass --allow-lossy to accept it",
+                "column \"{}\": {} has no type that keeps {} exactly ({reason}); pass --allow-lossy to accept it",
                 f.name(),
+                engine_name(engine),
                 f.data_type()
             )));
         }
     }
     Ok(())
+}
+
+fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "PostgreSQL",
+        Engine::Mysql => "MySQL",
+        Engine::Sqlite => "SQLite",
+        Engine::Redis => "Redis",
+    }
 }
 
 #[cfg(test)]

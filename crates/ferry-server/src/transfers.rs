@@ -35,6 +35,10 @@ impl Transfers {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TransferDto {
     pub id: String,
+    /// The source, as `instance:table` or `instance:(query)`.
+    pub source: String,
+    /// The target, as `instance:table`.
+    pub target: String,
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
     /// queued, running, succeeded, failed or cancelled.
@@ -51,7 +55,16 @@ pub struct TransferDto {
 
 impl From<TransferRecord> for TransferDto {
     fn from(r: TransferRecord) -> Self {
+        let spec = serde_json::from_str::<TransferSpec>(&r.spec).ok();
         TransferDto {
+            source: spec
+                .as_ref()
+                .map(|s| s.source.display())
+                .unwrap_or_default(),
+            target: spec
+                .as_ref()
+                .map(|s| s.target.display())
+                .unwrap_or_default(),
             spec: serde_json::from_str(&r.spec).unwrap_or(serde_json::Value::Null),
             report: r
                 .report

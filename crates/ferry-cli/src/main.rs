@@ -812,7 +812,13 @@ async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()
             let rate = rows / clock.elapsed().as_secs_f64().max(0.001);
             eprint!("\r{} rows, {:.0} rows/s   ", rows as u64, rate);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        // Short transfers end soon: poll fast at first, then every quarter second.
+        let pause = if clock.elapsed().as_secs() < 2 {
+            50
+        } else {
+            250
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     };
     if show_progress {
         eprint!("\r");

@@ -69,7 +69,7 @@ pub async fn run_transfer(
     source_pool: Arc<InstancePool>,
     target_pool: Arc<InstancePool>,
     watermarks: &dyn WatermarkStore,
-    progress: &Progress,
+    progress: Arc<Progress>,
 ) -> Result<TransferReport> {
     spec.validate()?;
     let started = Instant::now();
@@ -136,7 +136,7 @@ pub async fn run_transfer(
         let range = Some((low, high));
         return transfer(
             spec,
-            &mut source,
+            source,
             &mut target,
             source_detail,
             Some((low_lit, high_lit)),
@@ -149,7 +149,7 @@ pub async fn run_transfer(
     }
     transfer(
         spec,
-        &mut source,
+        source,
         &mut target,
         source_detail,
         None,
@@ -238,13 +238,13 @@ fn cast_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 #[allow(clippy::too_many_arguments)]
 async fn transfer(
     spec: &TransferSpec,
-    source: &mut Lease,
+    source: Lease,
     target: &mut Lease,
     source_detail: Option<TableDetail>,
     range_literals: Option<(Option<String>, String)>,
     range: Option<(Option<String>, String)>,
     watermarks: &dyn WatermarkStore,
-    progress: &Progress,
+    progress: Arc<Progress>,
     started: Instant,
 ) -> Result<TransferReport> {
     let source_engine = source.pool().connector().engine();
@@ -268,20 +268,9 @@ async fn transfer(
         Err(Error::NotFound(_)) => None,
         Err(e) => return Err(e),
     };
-    let (raw_schema, batches) = match source
-        .conn()
-        .run(&sql)
-        .await
-        .map_err(|e| e.context("reading the source"))?
-    {
-        StatementOutput::Rows { schema, batches } => (schema, batches),
-        StatementOutput::Affected(_) => {
-            return Err(Error::InvalidInput(
-                "the source statement returns no rows: give a table or a SELECT".into(),
-            ));
-        }
-    };
-    let schema = refined_schema(&raw_schema, source_detail.as_ref());
+    // Reading (and parsing, casting, checksumming) runs in a task of its own, beside the writer.
+    let reader = SourceReader::start(source, sql, source_detail.clone(), progress.clone()).await?;
+    let schema = reader.schema.clone();
     let mut created_table = false;
     let columns = match &target_detail {
         Some(detail) => check_target(&schema, detail, spec.allow_lossy)?,
@@ -370,7 +359,13 @@ async fn transfer(
             }
             Mode::Append | Mode::Upsert => {}
         }
-        pump(batches, &schema, target, &write_target, progress).await
+        let written = write(reader.rows, target, &write_target, &progress).await;
+        let checksum = match reader.task.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(e.context("reading the source")),
+            Err(e) => return Err(Error::Internal(format!("the source reader stopped: {e}"))),
+        };
+        Ok((written?, checksum))
     }
     .await;
     let (rows, source_checksum) = match outcome {
@@ -427,35 +422,85 @@ async fn transfer(
     })
 }
 
-/// Moves batches from the source stream into the target, reading and writing concurrently.
-async fn pump(
-    mut batches: BatchStream<'_>,
-    schema: &SchemaRef,
+/// The source side of a transfer: a task that runs the source statement on its own lease and
+/// sends batches, cast to the (refined) source schema and counted into the checksum.
+struct SourceReader {
+    schema: SchemaRef,
+    rows: mpsc::Receiver<Result<RecordBatch>>,
+    task: tokio::task::JoinHandle<Result<Checksum>>,
+}
+
+impl SourceReader {
+    async fn start(
+        mut source: Lease,
+        sql: String,
+        detail: Option<TableDetail>,
+        progress: Arc<Progress>,
+    ) -> Result<SourceReader> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
+        let (tx, rows) = mpsc::channel::<Result<RecordBatch>>(4);
+        let task = tokio::spawn(async move {
+            let canceller = source.conn().canceller();
+            let (raw, mut batches) = match source.conn().run(&sql).await {
+                Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
+                Ok(StatementOutput::Affected(_)) => {
+                    let e = Error::InvalidInput(
+                        "the source statement returns no rows: give a table or a SELECT".into(),
+                    );
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(Checksum::default());
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.context("reading the source")));
+                    return Ok(Checksum::default());
+                }
+            };
+            let schema = refined_schema(&raw, detail.as_ref());
+            if ready_tx.send(Ok(schema.clone())).is_err() {
+                return Ok(Checksum::default());
+            }
+            let mut checksum = Checksum::default();
+            while let Some(batch) = batches.next().await {
+                let batch = batch.and_then(|b| cast_batch(b, &schema)).and_then(|b| {
+                    checksum.add(&b, &schema)?;
+                    Ok(b)
+                });
+                match batch {
+                    Ok(b) => {
+                        progress
+                            .rows_read
+                            .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        if tx.send(Ok(b)).await.is_err() {
+                            // The writer gave up: stop the source statement too.
+                            drop(batches);
+                            let _ = canceller.cancel().await;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.clone())).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(checksum)
+        });
+        let schema = ready_rx
+            .await
+            .map_err(|_| Error::Internal("the source reader ended without an answer".into()))??;
+        Ok(SourceReader { schema, rows, task })
+    }
+}
+
+/// Writes what the reader sends into the target.
+async fn write(
+    mut rows: mpsc::Receiver<Result<RecordBatch>>,
     target: &mut Lease,
     write_target: &WriteTarget,
     progress: &Progress,
-) -> Result<(u64, Checksum)> {
-    let (tx, mut rx) = mpsc::channel::<Result<RecordBatch>>(4);
-    let read = async {
-        let mut checksum = Checksum::default();
-        while let Some(batch) = batches.next().await {
-            let batch = batch.and_then(|b| cast_batch(b, schema));
-            let failed = batch.is_err();
-            if let Ok(b) = &batch {
-                checksum.add(b, schema)?;
-                progress
-                    .rows_read
-                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            }
-            if tx.send(batch).await.is_err() || failed {
-                break;
-            }
-        }
-        drop(tx);
-        Ok::<_, Error>(checksum)
-    };
+) -> Result<u64> {
     let stream: BatchStream<'_> = Box::pin(
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).inspect(|b| {
+        futures::stream::poll_fn(move |cx| rows.poll_recv(cx)).inspect(|b| {
             if let Ok(b) = b {
                 progress
                     .rows_written
@@ -463,11 +508,11 @@ async fn pump(
             }
         }),
     );
-    let write = target.conn().write(write_target, stream);
-    let (checksum, written) = tokio::join!(read, write);
-    let written = written.map_err(|e| e.context(format!("writing {}", write_target.table)))?;
-    let checksum = checksum?;
-    Ok((written, checksum))
+    target
+        .conn()
+        .write(write_target, stream)
+        .await
+        .map_err(|e| e.context(format!("writing {}", write_target.table)))
 }
 
 async fn collect_checksum(

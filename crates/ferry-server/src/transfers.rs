@@ -145,7 +145,7 @@ pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferD
             })
         };
         let watermarks = StoreWatermarks(task_state.meta.clone());
-        let outcome = run_transfer(&spec, source, target, &watermarks, &progress).await;
+        let outcome = run_transfer(&spec, source, target, &watermarks, progress.clone()).await;
         reporter.abort();
         task_rec.rows_read = progress
             .rows_read

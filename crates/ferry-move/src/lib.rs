@@ -6,9 +6,15 @@
 //! Planning ([`mapping`], [`plan`]) is pure; [`run`] does the I/O through connection pools.
 
 pub mod checksum;
+pub mod export;
+pub mod files;
 pub mod mapping;
 pub mod plan;
 pub mod run;
 
+pub use export::{ExportReport, ExportSpec, run_export};
+pub use files::FileFormat;
 pub use plan::{Endpoint, Mode, SourceSpec, TransferSpec};
 pub use run::{Progress, TransferReport, WatermarkStore, run_transfer};
+
+pub(crate) use ferry_connect::BatchStream;

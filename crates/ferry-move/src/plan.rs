@@ -45,13 +45,25 @@ pub enum SourceSpec {
         database: Option<String>,
         sql: String,
     },
+    /// Parquet, CSV or JSON Lines files under a path or object-storage prefix.
+    Files {
+        url: String,
+        #[serde(default)]
+        format: crate::files::FileFormat,
+        /// Object-store settings such as `endpoint`, `region`, `allow_http` (credentials come
+        /// from the server's `AWS_*` environment).
+        #[serde(default)]
+        options: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl SourceSpec {
-    pub fn instance(&self) -> &str {
+    /// The instance read from; files have none.
+    pub fn instance(&self) -> Option<&str> {
         match self {
-            SourceSpec::Table(e) => &e.instance,
-            SourceSpec::Query { instance, .. } => instance,
+            SourceSpec::Table(e) => Some(&e.instance),
+            SourceSpec::Query { instance, .. } => Some(instance),
+            SourceSpec::Files { .. } => None,
         }
     }
 
@@ -59,6 +71,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Table(e) => e.database.as_deref(),
             SourceSpec::Query { database, .. } => database.as_deref(),
+            SourceSpec::Files { .. } => None,
         }
     }
 
@@ -66,6 +79,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Table(e) => e.display(),
             SourceSpec::Query { instance, .. } => format!("{instance}:(query)"),
+            SourceSpec::Files { url, .. } => url.clone(),
         }
     }
 }
@@ -136,6 +150,14 @@ impl TransferSpec {
         {
             return Err(Error::InvalidInput("the source query is empty".into()));
         }
+        if let SourceSpec::Files { .. } = &self.source
+            && (self.mode == Mode::Incremental || self.filter.is_some())
+        {
+            return Err(Error::InvalidInput(
+                "files are imported whole: incremental mode and --where need a database source"
+                    .into(),
+            ));
+        }
         if let SourceSpec::Table(e) = &self.source
             && e == &self.target
         {
@@ -196,19 +218,34 @@ pub fn source_sql(
         }
         conditions.push(format!("{by} <= {high}"));
     }
-    let from = match &spec.source {
+    select_sql(engine, &spec.source, &conditions, None)
+}
+
+/// `SELECT * FROM` a table or query, with conditions and an order; a query without either runs as it is.
+pub fn select_sql(
+    engine: Engine,
+    source: &SourceSpec,
+    conditions: &[String],
+    order_by: Option<&str>,
+) -> String {
+    let from = match source {
         SourceSpec::Table(e) => qualified_table(engine, e.schema.as_deref(), &e.table),
-        SourceSpec::Query { sql, .. } if conditions.is_empty() => {
+        SourceSpec::Query { sql, .. } if conditions.is_empty() && order_by.is_none() => {
             return sql.trim().trim_end_matches(';').to_string();
         }
         SourceSpec::Query { sql, .. } => {
             format!("({}) AS ferry_source", sql.trim().trim_end_matches(';'))
         }
+        // Files are not read with SQL; callers handle them before planning a statement.
+        SourceSpec::Files { url, .. } => return format!("-- files at {url}"),
     };
     let mut sql = format!("SELECT * FROM {from}");
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
+    }
+    if let Some(col) = order_by {
+        sql.push_str(&format!(" ORDER BY {}", quote_ident(engine, col)));
     }
     sql
 }

@@ -66,20 +66,42 @@ fn begin_sql(engine: Engine) -> &'static str {
 /// Runs a transfer between two pools (they may be the same).
 pub async fn run_transfer(
     spec: &TransferSpec,
-    source_pool: Arc<InstancePool>,
+    source_pool: Option<Arc<InstancePool>>,
     target_pool: Arc<InstancePool>,
     watermarks: &dyn WatermarkStore,
     progress: Arc<Progress>,
 ) -> Result<TransferReport> {
     spec.validate()?;
     let started = Instant::now();
-    let source_engine = source_pool.connector().engine();
     let target_engine = target_pool.connector().engine();
     if target_engine == Engine::Redis {
         return Err(Error::Unsupported(
             "Redis is not a transfer target yet".into(),
         ));
     }
+    let Some(source_pool) = source_pool else {
+        // Files: no source connection, no incremental range.
+        let mut target = target_pool
+            .acquire(
+                Feature::AsyncQuery,
+                spec.target.database.as_deref(),
+                "transfer target",
+            )
+            .await?;
+        return transfer(
+            spec,
+            None,
+            &mut target,
+            None,
+            None,
+            None,
+            watermarks,
+            progress,
+            started,
+        )
+        .await;
+    };
+    let source_engine = source_pool.connector().engine();
     let mut source = source_pool
         .acquire(
             Feature::AsyncQuery,
@@ -103,7 +125,7 @@ pub async fn run_transfer(
                 .await
                 .map_err(|err| err.context(format!("source {}", e.display())))?,
         ),
-        SourceSpec::Query { .. } => None,
+        SourceSpec::Query { .. } | SourceSpec::Files { .. } => None,
     };
 
     // Incremental: the range (last watermark, current maximum].
@@ -136,7 +158,7 @@ pub async fn run_transfer(
         let range = Some((low, high));
         return transfer(
             spec,
-            source,
+            Some(source),
             &mut target,
             source_detail,
             Some((low_lit, high_lit)),
@@ -149,7 +171,7 @@ pub async fn run_transfer(
     }
     transfer(
         spec,
-        source,
+        Some(source),
         &mut target,
         source_detail,
         None,
@@ -238,7 +260,7 @@ fn cast_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 #[allow(clippy::too_many_arguments)]
 async fn transfer(
     spec: &TransferSpec,
-    source: Lease,
+    source: Option<Lease>,
     target: &mut Lease,
     source_detail: Option<TableDetail>,
     range_literals: Option<(Option<String>, String)>,
@@ -247,7 +269,10 @@ async fn transfer(
     progress: Arc<Progress>,
     started: Instant,
 ) -> Result<TransferReport> {
-    let source_engine = source.pool().connector().engine();
+    let source_engine = source
+        .as_ref()
+        .map(|l| l.pool().connector().engine())
+        .unwrap_or(Engine::Postgres);
     let target_engine = target.pool().connector().engine();
     let sql = source_sql(
         source_engine,
@@ -269,7 +294,12 @@ async fn transfer(
         Err(e) => return Err(e),
     };
     // Reading (and parsing, casting, checksumming) runs in a task of its own, beside the writer.
-    let reader = SourceReader::start(source, sql, source_detail.clone(), progress.clone()).await?;
+    let reader = match source {
+        Some(lease) => {
+            SourceReader::start(lease, sql, source_detail.clone(), progress.clone()).await?
+        }
+        None => SourceReader::files(&spec.source, progress.clone()).await?,
+    };
     let schema = reader.schema.clone();
     let mut created_table = false;
     let columns = match &target_detail {
@@ -488,6 +518,51 @@ impl SourceReader {
         let schema = ready_rx
             .await
             .map_err(|_| Error::Internal("the source reader ended without an answer".into()))??;
+        Ok(SourceReader { schema, rows, task })
+    }
+}
+
+impl SourceReader {
+    /// Reads files (Parquet, CSV, JSON Lines) from disk or object storage.
+    async fn files(source: &SourceSpec, progress: Arc<Progress>) -> Result<SourceReader> {
+        let SourceSpec::Files {
+            url,
+            format,
+            options,
+        } = source
+        else {
+            return Err(Error::Internal(
+                "a file reader for a database source".into(),
+            ));
+        };
+        let location = crate::files::open_location(url, options)?;
+        let (schema, mut batches) = crate::files::read_files(&location, *format).await?;
+        let (tx, rows) = mpsc::channel::<Result<RecordBatch>>(4);
+        let task_schema = schema.clone();
+        let task = tokio::spawn(async move {
+            let mut checksum = Checksum::default();
+            while let Some(batch) = batches.next().await {
+                let batch = batch
+                    .and_then(|b| cast_batch(b, &task_schema))
+                    .and_then(|b| {
+                        checksum.add(&b, &task_schema)?;
+                        Ok(b)
+                    });
+                let failed = batch.as_ref().err().cloned();
+                if let Ok(b) = &batch {
+                    progress
+                        .rows_read
+                        .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                }
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+            Ok(checksum)
+        });
         Ok(SourceReader { schema, rows, task })
     }
 }

@@ -91,7 +91,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         submit_transfer,
         list_transfers,
         show_transfer,
-        cancel_transfer
+        cancel_transfer,
+        submit_export
     ),
     components(schemas(
         AddInstance,
@@ -153,6 +154,7 @@ pub fn router(state: SharedState) -> Router {
             "/api/v1/transfers/{id}",
             get(show_transfer).delete(cancel_transfer),
         )
+        .route("/api/v1/exports", post(submit_export))
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),
@@ -526,4 +528,14 @@ async fn cancel_transfer(
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransferDto>> {
     Ok(Json(transfers::cancel(&state, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/exports", request_body(content = Object, description = "An export spec: source, url, format, partition_by, partition_column, variables, options, where"),
+    responses((status = 202, body = TransferDto, description = "The export runs as a job listed with the transfers"), (status = 400)))]
+async fn submit_export(
+    State(state): State<SharedState>,
+    ApiJson(spec): ApiJson<ferry_move::ExportSpec>,
+) -> ApiResult<Response> {
+    let dto = transfers::submit_export(&state, spec).await?;
+    Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
 }

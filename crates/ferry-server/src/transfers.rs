@@ -1,4 +1,4 @@
-//! Transfers as background jobs: submitted with a spec, run on leases of both instances'
+//! Transfers and exports as background jobs: submitted with a spec, run on leases of both instances'
 //! pools, with progress and the final report recorded in the metadata store.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_core::{Error, Result};
 use ferry_meta::{MetaStore, TransferRecord, now_ms};
-use ferry_move::{Progress, TransferSpec, WatermarkStore, run_transfer};
+use ferry_move::{ExportSpec, Progress, TransferSpec, WatermarkStore, run_export, run_transfer};
 use serde::Serialize;
 
 use crate::SharedState;
@@ -55,16 +55,14 @@ pub struct TransferDto {
 
 impl From<TransferRecord> for TransferDto {
     fn from(r: TransferRecord) -> Self {
-        let spec = serde_json::from_str::<TransferSpec>(&r.spec).ok();
+        let (source, target) = match serde_json::from_str::<JobSpec>(&r.spec) {
+            Ok(JobSpec::Transfer(t)) => (t.source.display(), t.target.display()),
+            Ok(JobSpec::Export(e)) => (e.source.display(), e.url.clone()),
+            Err(_) => (String::new(), String::new()),
+        };
         TransferDto {
-            source: spec
-                .as_ref()
-                .map(|s| s.source.display())
-                .unwrap_or_default(),
-            target: spec
-                .as_ref()
-                .map(|s| s.target.display())
-                .unwrap_or_default(),
+            source,
+            target,
             spec: serde_json::from_str(&r.spec).unwrap_or(serde_json::Value::Null),
             report: r
                 .report
@@ -102,14 +100,57 @@ pub async fn get(state: &SharedState, id: &str) -> Result<TransferRecord> {
     })
 }
 
+/// What a job record holds: a transfer or an export.
+#[derive(serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum JobSpec {
+    Transfer(TransferSpec),
+    Export(ExportSpec),
+}
+
 /// Checks the spec and the instances, records the job and starts it.
 pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferDto> {
     spec.validate()?;
-    let source = state.pool(spec.source.instance()).await?;
+    let source = match spec.source.instance() {
+        Some(name) => Some(state.pool(name).await?),
+        None => None,
+    };
     let target = state.pool(&spec.target.instance).await?;
+    let job = JobSpec::Transfer(spec.clone());
+    spawn_job(state, &job, move |progress, watermarks| async move {
+        let report = run_transfer(&spec, source, target, &watermarks, progress).await?;
+        Ok((report.rows, serde_json::to_string(&report).ok()))
+    })
+    .await
+}
+
+/// Checks an export spec and starts it as a job.
+pub async fn submit_export(state: &SharedState, spec: ExportSpec) -> Result<TransferDto> {
+    spec.validate()?;
+    let instance = spec
+        .source
+        .instance()
+        .ok_or_else(|| Error::InvalidInput("an export reads a table or a query".into()))?;
+    let pool = state.pool(instance).await?;
+    // Opening the location checks the URL and options before the job starts.
+    ferry_move::files::open_location(&spec.url, &spec.options)?;
+    let job = JobSpec::Export(spec.clone());
+    spawn_job(state, &job, move |progress, _| async move {
+        let report = run_export(&spec, pool, progress).await?;
+        Ok((report.rows, serde_json::to_string(&report).ok()))
+    })
+    .await
+}
+
+/// Records a job and runs `work` in the background, reporting progress every half second.
+async fn spawn_job<F, Fut>(state: &SharedState, job: &JobSpec, work: F) -> Result<TransferDto>
+where
+    F: FnOnce(Arc<Progress>, StoreWatermarks) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(u64, Option<String>)>> + Send,
+{
     let rec = TransferRecord {
         id: uuid::Uuid::new_v4().to_string(),
-        spec: serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+        spec: serde_json::to_string(job).map_err(|e| Error::Internal(e.to_string()))?,
         status: "running".into(),
         error: None,
         rows_read: 0,
@@ -144,8 +185,7 @@ pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferD
                 }
             })
         };
-        let watermarks = StoreWatermarks(task_state.meta.clone());
-        let outcome = run_transfer(&spec, source, target, &watermarks, progress.clone()).await;
+        let outcome = work(progress.clone(), StoreWatermarks(task_state.meta.clone())).await;
         reporter.abort();
         task_rec.rows_read = progress
             .rows_read
@@ -155,19 +195,19 @@ pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferD
             .load(std::sync::atomic::Ordering::Relaxed) as i64;
         task_rec.finished_at_ms = Some(now_ms());
         match outcome {
-            Ok(report) => {
+            Ok((rows, report)) => {
                 task_rec.status = "succeeded".into();
-                task_rec.rows_written = report.rows as i64;
-                task_rec.report = serde_json::to_string(&report).ok();
+                task_rec.rows_written = rows as i64;
+                task_rec.report = report;
             }
             Err(e) => {
-                tracing::warn!(transfer = %task_rec.id, error = %e, "transfer failed");
+                tracing::warn!(job = %task_rec.id, error = %e, "job failed");
                 task_rec.status = "failed".into();
                 task_rec.error = Some(e.message().to_string());
             }
         }
         if let Err(e) = task_state.meta.update_transfer(&task_rec).await {
-            tracing::error!(transfer = %task_rec.id, error = %e, "could not record the end of a transfer");
+            tracing::error!(job = %task_rec.id, error = %e, "could not record the end of a job");
         }
         lock(&task_state.transfers.running).remove(&task_rec.id);
     });

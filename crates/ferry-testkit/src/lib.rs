@@ -2,8 +2,9 @@
 //! Outside CI a missing server skips the test with a note; with `CI=true` it fails the test,
 //! so a green CI run always means the servers were there.
 //!
-//! Addresses come from `FERRY_TEST_PG`, `FERRY_TEST_MYSQL` and `FERRY_TEST_REDIS`, defaulting
-//! to the loopback servers `scripts/test` starts.
+//! Addresses come from `FERRY_TEST_PG`, `FERRY_TEST_MYSQL`, `FERRY_TEST_REDIS` and
+//! `FERRY_TEST_S3` (an S3-compatible endpoint), defaulting to the loopback servers `scripts/test`
+//! starts.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
 pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_S3: &str = "http://127.0.0.1:5000";
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -53,6 +55,54 @@ pub fn mysql() -> Option<String> {
 /// The Redis server for tests, if reachable.
 pub fn redis() -> Option<String> {
     locate("Redis", "FERRY_TEST_REDIS", DEFAULT_REDIS)
+}
+
+/// The S3-compatible endpoint for tests (moto on loopback), if reachable.
+pub fn s3() -> Option<String> {
+    let endpoint = locate("S3 (moto)", "FERRY_TEST_S3", DEFAULT_S3)?;
+    // The server reads object-store credentials from its environment; moto accepts any.
+    if std::env::var("AWS_ACCESS_KEY_ID").is_err()
+        || std::env::var("AWS_SECRET_ACCESS_KEY").is_err()
+    {
+        if in_ci() {
+            panic!(
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set for the S3 tests; scripts/test sets them"
+            );
+        }
+        eprintln!(
+            "skipping: set AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test (any values) for the S3 tests"
+        );
+        return None;
+    }
+    Some(endpoint)
+}
+
+/// Creates an empty bucket on the test S3 endpoint and returns its name.
+pub async fn fresh_bucket(endpoint: &str) -> String {
+    let name = fresh_name().replace('_', "-");
+    let resp = reqwest::Client::new()
+        .put(format!("{endpoint}/{name}"))
+        .send()
+        .await
+        .expect("create test bucket");
+    assert!(
+        resp.status().is_success(),
+        "creating bucket {name}: {}",
+        resp.status()
+    );
+    name
+}
+
+/// Object-store options that reach the test endpoint (credentials come from the environment).
+pub fn s3_options(endpoint: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("endpoint", endpoint),
+        ("allow_http", "true"),
+        ("region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 fn with_database(url: &str, db: &str) -> String {

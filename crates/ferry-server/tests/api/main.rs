@@ -4,6 +4,7 @@
 mod common;
 mod connections;
 mod console;
+mod files;
 mod queries;
 mod secrets;
 mod transfers;

@@ -1,0 +1,227 @@
+//! Exports to files and object storage, and imports back: the archiving scenario with daily
+//! Hive-style partitions on an S3-compatible server, and CSV / JSON Lines on local disk.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+async fn job(server: &TestServer, path: &str, spec: Value) -> Value {
+    let (status, v) = server.post(path, spec.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{spec}: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("the job to end", 120, || async {
+        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await
+}
+
+fn ok(v: &Value) -> &Value {
+    assert_eq!(v["status"], "succeeded", "{v}");
+    &v["report"]
+}
+
+#[tokio::test]
+async fn daily_partitions_on_object_storage_replace_and_import() {
+    let server = TestServer::start_with(|c| c.demo = true).await;
+    let Some(endpoint) = ferry_testkit::s3() else {
+        return;
+    };
+    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let bucket = ferry_testkit::fresh_bucket(&endpoint).await;
+    let options = ferry_testkit::s3_options(&endpoint);
+    let url = format!("s3://{bucket}/dla_demo/orders");
+    let export = |filter: &str| {
+        json!({
+            "source": { "table": { "instance": "demo", "table": "orders" } },
+            "url": url,
+            "format": "parquet",
+            "partition_by": "y=${yyyy}/m=${mm}/d=${dd}",
+            "partition_column": "created_date",
+            "where": filter,
+            "options": options,
+        })
+    };
+    // Three days, three partitions of 1,000 rows each.
+    let out = job(
+        &server,
+        "/api/v1/exports",
+        export("created_date >= date('now', '-3 days')"),
+    )
+    .await;
+    let report = ok(&out);
+    assert_eq!(report["rows"], 3000);
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3, "{report}");
+    for f in files {
+        assert_eq!(f["rows"], 1000);
+        let p = f["path"].as_str().unwrap();
+        assert!(
+            p.starts_with("dla_demo/orders/y=")
+                && p.contains("/m=")
+                && p.contains("/d=")
+                && p.ends_with("/part-00000.parquet"),
+            "{p}"
+        );
+    }
+    // Running one day again replaces its partition and leaves the others.
+    let day = server
+        .rows("demo", "select date('now', '-1 days') as d")
+        .await[0]["d"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server
+        .sql(
+            "demo",
+            &format!("delete from orders where created_date = '{day}' and order_id % 2 = 0"),
+        )
+        .await;
+    let again = job(
+        &server,
+        "/api/v1/exports",
+        export(&format!("created_date = '{day}'")),
+    )
+    .await;
+    assert_eq!(ok(&again)["rows"], 500);
+    let location = ferry_move::files::open_location(&url, &options).unwrap();
+    let partitions = ferry_move::export::list_partitions(&location)
+        .await
+        .unwrap();
+    assert_eq!(partitions.len(), 3, "{partitions:?}");
+    // Importing the archive back gives 2,500 rows, verified.
+    let import = job(
+        &server,
+        "/api/v1/transfers",
+        json!({ "source": { "files": { "url": url, "format": "parquet", "options": options } }, "target": { "instance": "pg", "table": "archived" }, "create": true }),
+    )
+    .await;
+    let report = ok(&import);
+    assert_eq!(
+        (report["rows"].as_u64(), report["verified"].as_bool()),
+        (Some(2500), Some(true)),
+        "{import}"
+    );
+    let per_day = server
+        .rows(
+            "pg",
+            "select count(*) as n from archived group by created_date order by 1",
+        )
+        .await;
+    assert_eq!(
+        per_day,
+        vec![
+            json!({ "n": 500 }),
+            json!({ "n": 1000 }),
+            json!({ "n": 1000 })
+        ]
+    );
+}
+
+#[tokio::test]
+async fn csv_and_jsonl_files_round_trip_through_local_disk() {
+    let server = TestServer::start_with(|c| c.demo = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    server
+        .add_instance(
+            "lite",
+            &format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
+            Value::Null,
+        )
+        .await;
+    for format in ["csv", "jsonl"] {
+        let path = dir.path().join(format!("products.{format}"));
+        let out = job(
+            &server,
+            "/api/v1/exports",
+            json!({ "source": { "query": { "instance": "demo", "sql": "select product_id, product_name, price from products" } }, "url": path.display().to_string(), "format": format }),
+        )
+        .await;
+        assert_eq!(ok(&out)["rows"], 50);
+        assert!(path.exists(), "{} was not written", path.display());
+        let back = job(
+            &server,
+            "/api/v1/transfers",
+            json!({ "source": { "files": { "url": path.display().to_string(), "format": format } }, "target": { "instance": "lite", "table": format!("p_{format}") }, "create": true }),
+        )
+        .await;
+        assert_eq!(ok(&back)["verified"], true, "{back}");
+        let rows = server
+            .rows(
+                "lite",
+                &format!("select count(*) as n, sum(price) as total from p_{format}"),
+            )
+            .await;
+        let expected = server
+            .rows(
+                "demo",
+                "select count(*) as n, sum(price) as total from products",
+            )
+            .await;
+        assert_eq!(rows, expected, "{format}");
+    }
+}
+
+#[tokio::test]
+async fn bad_exports_and_imports_are_explained() {
+    let server = TestServer::start_with(|c| c.demo = true).await;
+    let source = json!({ "table": { "instance": "demo", "table": "orders" } });
+    let cases = [
+        (
+            json!({ "source": source, "url": "/tmp/x", "partition_by": "y=${yyyy}" }),
+            "name the date column with --partition-column",
+        ),
+        (
+            json!({ "source": source, "url": "/tmp/x", "partition_by": "r=${region}", "partition_column": "created_date" }),
+            "${region}",
+        ),
+        (
+            json!({ "source": source, "url": "s3://b/x", "options": { "secret_access_key": "s3cret" } }),
+            "is a credential",
+        ),
+        (
+            json!({ "source": source, "url": "ftp://host/x" }),
+            "storage URL",
+        ),
+    ];
+    for (spec, fragment) in cases {
+        let (status, v) = server.post("/api/v1/exports", spec.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{spec}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        assert!(!message.contains("s3cret"));
+    }
+    let missing = job(
+        &server,
+        "/api/v1/transfers",
+        json!({ "source": { "files": { "url": "/nonexistent/ferry/dir", "format": "parquet" } }, "target": { "instance": "demo", "table": "x" }, "create": true }),
+    )
+    .await;
+    assert_eq!(missing["status"], "failed");
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("no .parquet files under /nonexistent/ferry/dir"),
+        "{missing}"
+    );
+    if let Some(endpoint) = ferry_testkit::s3() {
+        let no_bucket = job(
+            &server,
+            "/api/v1/exports",
+            json!({ "source": source, "url": "s3://ferry-no-such-bucket/x", "options": ferry_testkit::s3_options(&endpoint) }),
+        )
+        .await;
+        assert_eq!(no_bucket["status"], "failed");
+        assert!(
+            no_bucket["error"]
+                .as_str()
+                .unwrap()
+                .contains("ferry-no-such-bucket"),
+            "{no_bucket}"
+        );
+    }
+}

@@ -63,9 +63,84 @@ enum Command {
     Query(QueryCmd),
     /// Copy a table or query result into a table on another (or the same) instance, verified.
     Copy(CopyArgs),
-    /// Transfers started with `ferry copy`: list, show, cancel.
+    /// Transfers and exports: list, show, cancel.
     #[command(subcommand)]
     Transfer(TransferCmd),
+    /// Export a table or query to Parquet, CSV or JSON Lines on disk or S3, optionally partitioned.
+    Export(ExportArgs),
+    /// Import Parquet, CSV or JSON Lines files (a file or everything under a prefix) into a table.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    instance: String,
+    /// A table name, or a query (anything with a space in it).
+    source: String,
+    /// A path, file:// URL or s3://bucket/prefix; a name ending in .parquet/.csv/.jsonl is one file.
+    url: String,
+    #[arg(long, value_enum, default_value_t = FileFormatArg::Parquet)]
+    format: FileFormatArg,
+    /// Hive-style partitions, e.g. 'y=${yyyy}/m=${mm}/d=${dd}'.
+    #[arg(long)]
+    partition_by: Option<String>,
+    /// The date or timestamp column that fills ${yyyy}, ${mm} and ${dd}.
+    #[arg(long)]
+    partition_column: Option<String>,
+    /// A template variable, NAME=VALUE (bizdate=YYYY-MM-DD fills the date without a column).
+    #[arg(long = "var", value_parser = key_value)]
+    vars: Vec<(String, String)>,
+    /// An object-store setting, NAME=VALUE (endpoint, region, allow_http); credentials come from the server's AWS_* environment.
+    #[arg(long = "option", value_parser = key_value)]
+    options: Vec<(String, String)>,
+    #[arg(long = "where")]
+    filter: Option<String>,
+    #[arg(short = 'd', long)]
+    database: Option<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// A file, or a directory / prefix whose files of the format are all read.
+    url: String,
+    /// INSTANCE:[SCHEMA.]TABLE
+    target: String,
+    #[arg(long, value_enum, default_value_t = FileFormatArg::Parquet)]
+    format: FileFormatArg,
+    #[arg(long, value_enum, default_value_t = CopyMode::Replace)]
+    mode: CopyMode,
+    #[arg(long)]
+    create: bool,
+    #[arg(long)]
+    allow_lossy: bool,
+    #[arg(long = "option", value_parser = key_value)]
+    options: Vec<(String, String)>,
+    #[arg(long)]
+    target_db: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FileFormatArg {
+    Parquet,
+    Csv,
+    Jsonl,
+}
+
+impl FileFormatArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            FileFormatArg::Parquet => "parquet",
+            FileFormatArg::Csv => "csv",
+            FileFormatArg::Jsonl => "jsonl",
+        }
+    }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
 #[derive(Args)]
@@ -302,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(cmd) => query(&client, out, cmd).await,
         Command::Copy(args) => copy(&client, out, args).await,
         Command::Transfer(cmd) => transfer(&client, out, cmd).await,
+        Command::Export(args) => export(&client, out, args).await,
+        Command::Import(args) => import(&client, out, args).await,
     }
 }
 
@@ -798,41 +875,7 @@ async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()
         println!("{id}");
         return Ok(());
     }
-    let show_progress = std::io::stderr().is_terminal();
-    let clock = std::time::Instant::now();
-    let done = loop {
-        let v = client
-            .get(&format!("/api/v1/transfers/{}", client::seg(&id)))
-            .await?;
-        if v["status"] != "running" {
-            break v;
-        }
-        if show_progress {
-            let rows = v["rows_written"].as_f64().unwrap_or(0.0);
-            let rate = rows / clock.elapsed().as_secs_f64().max(0.001);
-            eprint!("\r{} rows, {:.0} rows/s   ", rows as u64, rate);
-        }
-        // Short transfers end soon: poll fast at first, then every quarter second.
-        let pause = if clock.elapsed().as_secs() < 2 {
-            50
-        } else {
-            250
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-    };
-    if show_progress {
-        eprint!("\r");
-    }
-    if out == Output::Json {
-        render::json(&done);
-    }
-    if done["status"] != "succeeded" {
-        bail!(
-            "transfer {id} {}: {}",
-            done["status"].as_str().unwrap_or("failed"),
-            done["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+    let done = wait_job(client, out, &id).await?;
     if out != Output::Json {
         let report = &done["report"];
         let rows = report["rows"].as_u64().unwrap_or(0);
@@ -886,6 +929,121 @@ async fn transfer(client: &Client, out: Output, cmd: TransferCmd) -> anyhow::Res
                 v["status"].as_str().unwrap_or_default()
             );
         }
+    }
+    Ok(())
+}
+
+/// Waits for a transfer or export job, showing rows and rows/s on a terminal; fails if it failed.
+async fn wait_job(client: &Client, out: Output, id: &str) -> anyhow::Result<Value> {
+    let show_progress = std::io::stderr().is_terminal();
+    let clock = std::time::Instant::now();
+    let done = loop {
+        let v = client
+            .get(&format!("/api/v1/transfers/{}", client::seg(id)))
+            .await?;
+        if v["status"] != "running" {
+            break v;
+        }
+        if show_progress {
+            let rows = v["rows_written"].as_f64().unwrap_or(0.0);
+            let rate = rows / clock.elapsed().as_secs_f64().max(0.001);
+            eprint!("\r{} rows, {:.0} rows/s   ", rows as u64, rate);
+        }
+        // Short jobs end soon: poll fast at first, then every quarter second.
+        let pause = if clock.elapsed().as_secs() < 2 {
+            50
+        } else {
+            250
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    };
+    if show_progress {
+        eprint!("\r");
+    }
+    if out == Output::Json {
+        render::json(&done);
+    }
+    if done["status"] != "succeeded" {
+        bail!(
+            "{id} {}: {}",
+            done["status"].as_str().unwrap_or("failed"),
+            done["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(done)
+}
+
+async fn export(client: &Client, out: Output, args: ExportArgs) -> anyhow::Result<()> {
+    let source = if args.source.trim().contains(char::is_whitespace) {
+        json!({ "query": { "instance": args.instance, "database": args.database, "sql": args.source } })
+    } else {
+        let (schema, table) = match args.source.split_once('.') {
+            Some((s, t)) => (Some(s), t),
+            None => (None, args.source.as_str()),
+        };
+        json!({ "table": { "instance": args.instance, "database": args.database, "schema": schema, "table": table } })
+    };
+    let spec = json!({
+        "source": source,
+        "url": args.url,
+        "format": args.format.as_str(),
+        "partition_by": args.partition_by,
+        "partition_column": args.partition_column,
+        "variables": args.vars.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "options": args.options.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "where": args.filter,
+    });
+    let started = client.post("/api/v1/exports", &spec).await?;
+    let done = wait_job(client, out, started["id"].as_str().unwrap_or_default()).await?;
+    if out != Output::Json {
+        let report = &done["report"];
+        let files = report["files"].as_array().cloned().unwrap_or_default();
+        println!(
+            "exported {} rows to {} in {} file{} ({:.1} s)",
+            report["rows"],
+            args.url,
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            report["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+        for f in files {
+            println!(
+                "  {} ({} rows)",
+                f["path"].as_str().unwrap_or_default(),
+                f["rows"]
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn import(client: &Client, out: Output, args: ImportArgs) -> anyhow::Result<()> {
+    let spec = json!({
+        "source": { "files": {
+            "url": args.url,
+            "format": args.format.as_str(),
+            "options": args.options.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        } },
+        "target": endpoint(&args.target, args.target_db.as_deref())?,
+        "mode": args.mode.as_str(),
+        "create": args.create,
+        "allow_lossy": args.allow_lossy,
+    });
+    let started = client.post("/api/v1/transfers", &spec).await?;
+    let done = wait_job(client, out, started["id"].as_str().unwrap_or_default()).await?;
+    if out != Output::Json {
+        let report = &done["report"];
+        println!(
+            "imported {} rows from {} into {}{}",
+            report["rows"],
+            args.url,
+            args.target,
+            if report["verified"] == true {
+                "; verified"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -260,6 +260,36 @@ fn windows_queries_and_instances_from_the_cli() {
         stderr(&bad)
     );
     assert!(s.ok(&["transfer", "list"]).contains("succeeded"));
+    let files = tempfile::tempdir().unwrap();
+    let archive = files.path().join("orders");
+    let exported = s.ok(&[
+        "export",
+        "demo",
+        "orders",
+        archive.to_str().unwrap(),
+        "--partition-by",
+        "y=${yyyy}/m=${mm}/d=${dd}",
+        "--partition-column",
+        "created_date",
+        "--where",
+        "created_date >= date('now', '-2 days')",
+    ]);
+    assert!(
+        exported.contains("exported 2000 rows") && exported.contains("in 2 files"),
+        "{exported}"
+    );
+    let imported = s.ok(&[
+        "import",
+        archive.to_str().unwrap(),
+        "extra:recent",
+        "--create",
+    ]);
+    assert!(
+        imported.contains("imported 2000 rows") && imported.contains("verified"),
+        "{imported}"
+    );
+    let usage = s.ferry(&["export", "demo", "orders", "/tmp/x", "--var", "novalue"]);
+    assert_eq!(usage.status.code(), Some(2));
     s.ok(&["instance", "rm", "extra"]);
     assert!(!s.ok(&["instance", "list"]).contains("extra"));
 }

@@ -299,12 +299,32 @@ struct SqlArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct SchemaArgs {
-    instance: String,
+    #[command(subcommand)]
+    command: Option<SchemaCmd>,
+    #[arg(required = true)]
+    instance: Option<String>,
     /// A table (`schema.table` where the engine has schemas); all tables when omitted.
     table: Option<String>,
     #[arg(short = 'd', long)]
     database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SchemaCmd {
+    /// Compare two tables (A:t B:t), also across engines, or two databases (A: B:).
+    Diff {
+        source: String,
+        target: String,
+        /// Print only the DDL that makes the target match the source.
+        #[arg(long)]
+        ddl: bool,
+        #[arg(long)]
+        source_db: Option<String>,
+        #[arg(long)]
+        target_db: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -639,12 +659,23 @@ async fn sql(client: &Client, out: Output, args: SqlArgs) -> anyhow::Result<()> 
 }
 
 async fn schema(client: &Client, out: Output, args: SchemaArgs) -> anyhow::Result<()> {
+    if let Some(SchemaCmd::Diff {
+        source,
+        target,
+        ddl,
+        source_db,
+        target_db,
+    }) = args.command
+    {
+        return schema_diff(client, out, &source, &target, ddl, source_db, target_db).await;
+    }
+    let instance = args.instance.unwrap_or_default();
     let query = args
         .database
         .as_ref()
         .map(|d| format!("?database={}", client::seg(d)))
         .unwrap_or_default();
-    let base = format!("/api/v1/instances/{}", client::seg(&args.instance));
+    let base = format!("/api/v1/instances/{}", client::seg(&instance));
     match args.table {
         None => {
             let v = client.get(&format!("{base}/tables{query}")).await?;
@@ -1042,6 +1073,70 @@ async fn import(client: &Client, out: Output, args: ImportArgs) -> anyhow::Resul
                 "; verified"
             } else {
                 ""
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn schema_diff(
+    client: &Client,
+    out: Output,
+    source: &str,
+    target: &str,
+    ddl_only: bool,
+    source_db: Option<String>,
+    target_db: Option<String>,
+) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/api/v1/schema-diff?source={}&target={}",
+        client::seg(source),
+        client::seg(target)
+    );
+    if let Some(d) = source_db {
+        path.push_str(&format!("&source_db={}", client::seg(&d)));
+    }
+    if let Some(d) = target_db {
+        path.push_str(&format!("&target_db={}", client::seg(&d)));
+    }
+    let v = client.get(&path).await?;
+    if out == Output::Json {
+        render::json(&v);
+        return Ok(());
+    }
+    if let Some(ddl) = v["ddl"].as_array() {
+        if !ddl_only {
+            for d in v["differences"].as_array().into_iter().flatten() {
+                let what = d["kind"].as_str().unwrap_or_default().replace('_', " ");
+                let subject = d["column"].as_str().or(d["name"].as_str()).unwrap_or("");
+                println!("{what} {subject}");
+            }
+            if ddl.is_empty() {
+                println!("{target} matches {source}");
+            } else {
+                println!("-- DDL that makes {target} match {source}:");
+            }
+        }
+        for statement in ddl {
+            println!("{};", statement.as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
+    for (key, label) in [
+        ("missing_tables", "missing in target"),
+        ("extra_tables", "only in target"),
+        ("different_tables", "different"),
+    ] {
+        let names: Vec<&str> = v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{label}: {}",
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
             }
         );
     }

@@ -278,6 +278,18 @@ fn windows_queries_and_instances_from_the_cli() {
         exported.contains("exported 2000 rows") && exported.contains("in 2 files"),
         "{exported}"
     );
+    // The copy kept types, NOT NULLs and the key; only the secondary index is not copied.
+    let diff = s.ok(&["schema", "diff", "demo:orders", "extra:orders"]);
+    assert_eq!(diff.lines().next(), Some("missing index orders_created_date"), "{diff}");
+    assert!(diff.contains("CREATE INDEX \"orders_created_date\" ON \"main\".\"orders\" (\"created_date\");"), "{diff}");
+    let ddl = s.ok(&[
+        "schema",
+        "diff",
+        "demo:orders",
+        "extra:orders_next",
+        "--ddl",
+    ]);
+    assert!(ddl.starts_with("CREATE TABLE \"orders_next\""), "{ddl}");
     let imported = s.ok(&[
         "import",
         archive.to_str().unwrap(),

@@ -6,6 +6,7 @@
 //! Planning ([`mapping`], [`plan`]) is pure; [`run`] does the I/O through connection pools.
 
 pub mod checksum;
+pub mod diff;
 pub mod export;
 pub mod files;
 pub mod mapping;

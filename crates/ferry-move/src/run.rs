@@ -269,6 +269,7 @@ async fn transfer(
     progress: Arc<Progress>,
     started: Instant,
 ) -> Result<TransferReport> {
+    let has_source = source.is_some();
     let source_engine = source
         .as_ref()
         .map(|l| l.pool().connector().engine())
@@ -310,7 +311,19 @@ async fn transfer(
                 .as_ref()
                 .map(|d| d.primary_key.clone())
                 .unwrap_or_default();
-            let ddl = create_table_sql(target_engine, &spec.target, &schema, &pk)?;
+            // A table source keeps its declared types (on the same engine), NOT NULLs and key.
+            let ddl = match (&source_detail, has_source) {
+                (Some(detail), true) => crate::diff::create_like(
+                    crate::diff::Side {
+                        engine: source_engine,
+                        table: detail,
+                    },
+                    target_engine,
+                    spec.target.schema.as_deref(),
+                    &spec.target.table,
+                )?,
+                _ => create_table_sql(target_engine, &spec.target, &schema, &pk)?,
+            };
             target
                 .conn()
                 .run(&ddl)

@@ -92,7 +92,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         list_transfers,
         show_transfer,
         cancel_transfer,
-        submit_export
+        submit_export,
+        schema_diff
     ),
     components(schemas(
         AddInstance,
@@ -155,6 +156,7 @@ pub fn router(state: SharedState) -> Router {
             get(show_transfer).delete(cancel_transfer),
         )
         .route("/api/v1/exports", post(submit_export))
+        .route("/api/v1/schema-diff", get(schema_diff))
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),
@@ -538,4 +540,13 @@ async fn submit_export(
 ) -> ApiResult<Response> {
     let dto = transfers::submit_export(&state, spec).await?;
     Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/schema-diff", params(crate::schema_diff::DiffParams),
+    responses((status = 200, description = "Differences and the DDL that makes the target match, or missing/extra/different tables"), (status = 404)))]
+async fn schema_diff(
+    State(state): State<SharedState>,
+    ApiQuery(p): ApiQuery<crate::schema_diff::DiffParams>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(crate::schema_diff::diff(&state, &p).await?))
 }

@@ -11,6 +11,7 @@ pub mod instances;
 pub mod metrics;
 pub mod policy;
 pub mod queries;
+pub mod schema_diff;
 pub mod sessions;
 pub mod transfers;
 

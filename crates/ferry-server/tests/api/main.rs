@@ -6,5 +6,6 @@ mod connections;
 mod console;
 mod files;
 mod queries;
+mod schema;
 mod secrets;
 mod transfers;

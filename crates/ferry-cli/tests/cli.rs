@@ -280,8 +280,17 @@ fn windows_queries_and_instances_from_the_cli() {
     );
     // The copy kept types, NOT NULLs and the key; only the secondary index is not copied.
     let diff = s.ok(&["schema", "diff", "demo:orders", "extra:orders"]);
-    assert_eq!(diff.lines().next(), Some("missing index orders_created_date"), "{diff}");
-    assert!(diff.contains("CREATE INDEX \"orders_created_date\" ON \"main\".\"orders\" (\"created_date\");"), "{diff}");
+    assert_eq!(
+        diff.lines().next(),
+        Some("missing index orders_created_date"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(
+            "CREATE INDEX \"orders_created_date\" ON \"main\".\"orders\" (\"created_date\");"
+        ),
+        "{diff}"
+    );
     let ddl = s.ok(&[
         "schema",
         "diff",

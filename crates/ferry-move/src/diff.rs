@@ -313,6 +313,44 @@ pub fn diff_tables(source: Side, target: Side) -> Result<TableDiff> {
     Ok(TableDiff { differences, ddl })
 }
 
+/// `CREATE TABLE` for a target that lacks the source's table: declared types on one engine,
+/// mapped through Arrow across engines.
+pub fn create_like(
+    source: Side,
+    target_engine: Engine,
+    schema: Option<&str>,
+    name: &str,
+) -> Result<String> {
+    let target_side = Side {
+        engine: target_engine,
+        table: source.table,
+    };
+    let pk = &source.table.primary_key;
+    let mut columns = Vec::new();
+    for c in &source.table.columns {
+        let ty = target_type(&source, c, &target_side, pk.contains(&c.name))?;
+        let not_null = if c.nullable { "" } else { " NOT NULL" };
+        columns.push(format!(
+            "{} {ty}{not_null}",
+            quote_ident(target_engine, &c.name)
+        ));
+    }
+    if !pk.is_empty() {
+        columns.push(format!(
+            "PRIMARY KEY ({})",
+            pk.iter()
+                .map(|c| quote_ident(target_engine, c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(format!(
+        "CREATE TABLE {} ({})",
+        qualified_table(target_engine, schema, name),
+        columns.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,42 +500,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// `CREATE TABLE` for a target that lacks the source's table: declared types on one engine,
-/// mapped through Arrow across engines.
-pub fn create_like(
-    source: Side,
-    target_engine: Engine,
-    schema: Option<&str>,
-    name: &str,
-) -> Result<String> {
-    let target_side = Side {
-        engine: target_engine,
-        table: source.table,
-    };
-    let pk = &source.table.primary_key;
-    let mut columns = Vec::new();
-    for c in &source.table.columns {
-        let ty = target_type(&source, c, &target_side, pk.contains(&c.name))?;
-        let not_null = if c.nullable { "" } else { " NOT NULL" };
-        columns.push(format!(
-            "{} {ty}{not_null}",
-            quote_ident(target_engine, &c.name)
-        ));
-    }
-    if !pk.is_empty() {
-        columns.push(format!(
-            "PRIMARY KEY ({})",
-            pk.iter()
-                .map(|c| quote_ident(target_engine, c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(format!(
-        "CREATE TABLE {} ({})",
-        qualified_table(target_engine, schema, name),
-        columns.join(", ")
-    ))
 }

@@ -11,7 +11,7 @@ fn dialect(engine: Engine) -> Box<dyn Dialect> {
         Engine::Postgres => Box::new(PostgreSqlDialect {}),
         Engine::Mysql => Box::new(MySqlDialect {}),
         Engine::Sqlite => Box::new(SQLiteDialect {}),
-        Engine::Redis => Box::new(GenericDialect {}),
+        Engine::Redis | Engine::Archive => Box::new(GenericDialect {}),
     }
 }
 

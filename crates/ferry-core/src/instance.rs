@@ -58,9 +58,12 @@ pub enum Engine {
     Mysql,
     Sqlite,
     Redis,
+    /// Ferry's own SQL engine over archived files (not registered by URL).
+    Archive,
 }
 
 impl Engine {
+    /// The engines instances are registered with by URL.
     pub const ALL: [Engine; 4] = [
         Engine::Postgres,
         Engine::Mysql,
@@ -74,6 +77,7 @@ impl Engine {
             Engine::Mysql => "mysql",
             Engine::Sqlite => "sqlite",
             Engine::Redis => "redis",
+            Engine::Archive => "archive",
         }
     }
 }

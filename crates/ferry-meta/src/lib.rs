@@ -123,8 +123,20 @@ pub trait TransferRepo: Send + Sync {
     async fn set_watermark(&self, name: &str, value: &str) -> Result<()>;
 }
 
+/// Archives queried with SQL; the definition is JSON the query engine owns.
+#[async_trait]
+pub trait ArchiveRepo: Send + Sync {
+    /// Fails with `Conflict` when the name is taken.
+    async fn insert_archive(&self, name: &str, definition: &str) -> Result<()>;
+    /// `(name, definition)` in name order.
+    async fn list_archives(&self) -> Result<Vec<(String, String)>>;
+    async fn delete_archive(&self, name: &str) -> Result<bool>;
+}
+
 /// Everything the server needs from the store.
-pub trait MetaStore: InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo {
+pub trait MetaStore:
+    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 }

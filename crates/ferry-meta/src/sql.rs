@@ -10,8 +10,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::{
-    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, PolicyActionRepo, QueryRecord,
-    QueryRepo, TransferRecord, TransferRepo,
+    ArchiveRepo, InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, PolicyActionRepo,
+    QueryRecord, QueryRepo, TransferRecord, TransferRepo,
 };
 
 /// Schema migrations, applied in order once each. Append only; never edit a released one.
@@ -73,6 +73,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         name text primary key,
         value text not null,
         updated_at_ms bigint not null
+    )",
+    ),
+    (
+        3,
+        "create table archives (
+        name text primary key,
+        definition text not null,
+        created_at_ms bigint not null
     )",
     ),
 ];
@@ -540,5 +548,48 @@ impl TransferRepo for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ArchiveRepo for SqlStore {
+    async fn insert_archive(&self, name: &str, definition: &str) -> Result<()> {
+        sqlx::query("insert into archives (name, definition, created_at_ms) values ($1, $2, $3)")
+            .bind(name)
+            .bind(definition)
+            .bind(crate::now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match store_error(e) {
+                Error::Conflict(_) => Error::Conflict(format!(
+                    "archive \"{name}\" already exists: remove it first or pick another name"
+                )),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn list_archives(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("select name, definition from archives order by name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(store_error)?,
+                    r.try_get("definition").map_err(store_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_archive(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("delete from archives where name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
     }
 }

@@ -155,6 +155,19 @@ async fn suite(store: &dyn MetaStore) {
         store.get_watermark("w").await.unwrap().as_deref(),
         Some("20")
     );
+
+    // Archives.
+    store.insert_archive("arch", "{}").await.unwrap();
+    assert_eq!(
+        store.insert_archive("arch", "{}").await.unwrap_err().code(),
+        "conflict"
+    );
+    assert_eq!(
+        store.list_archives().await.unwrap(),
+        vec![("arch".to_string(), "{}".to_string())]
+    );
+    assert!(store.delete_archive("arch").await.unwrap());
+    assert!(store.list_archives().await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -63,6 +63,11 @@ pub fn column_type(engine: Engine, ty: &DataType, key: bool) -> Result<String> {
         (Engine::Redis, _) => {
             return Err(Error::Unsupported("Redis is not a table target yet".into()));
         }
+        (Engine::Archive, _) => {
+            return Err(Error::Unsupported(
+                "archives are written with ferry export, not as table targets".into(),
+            ));
+        }
         (_, other) => {
             return Err(Error::Unsupported(format!(
                 "no {engine} column type for Arrow type {other}"

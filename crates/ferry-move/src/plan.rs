@@ -354,6 +354,7 @@ fn engine_name(engine: Engine) -> &'static str {
         Engine::Mysql => "MySQL",
         Engine::Sqlite => "SQLite",
         Engine::Redis => "Redis",
+        Engine::Archive => "the archive",
     }
 }
 

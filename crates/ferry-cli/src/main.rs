@@ -70,6 +70,29 @@ enum Command {
     Export(ExportArgs),
     /// Import Parquet, CSV or JSON Lines files (a file or everything under a prefix) into a table.
     Import(ImportArgs),
+    /// Archives: files queried with SQL as instance `archive` (`ferry sql archive "…"`).
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Register files under a URL as a table; Hive partition keys become columns.
+    Add {
+        name: String,
+        url: String,
+        #[arg(long, value_enum, default_value_t = FileFormatArg::Parquet)]
+        format: FileFormatArg,
+        /// Partition keys in path order, e.g. y,m,d for y=2026/m=11/d=21.
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<String>,
+        #[arg(long = "option", value_parser = key_value)]
+        options: Vec<(String, String)>,
+    },
+    List,
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -399,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Transfer(cmd) => transfer(&client, out, cmd).await,
         Command::Export(args) => export(&client, out, args).await,
         Command::Import(args) => import(&client, out, args).await,
+        Command::Archive(cmd) => archive(&client, out, cmd).await,
     }
 }
 
@@ -1139,6 +1163,44 @@ async fn schema_diff(
                 names.join(", ")
             }
         );
+    }
+    Ok(())
+}
+
+async fn archive(client: &Client, out: Output, cmd: ArchiveCmd) -> anyhow::Result<()> {
+    match cmd {
+        ArchiveCmd::Add {
+            name,
+            url,
+            format,
+            partitions,
+            options,
+        } => {
+            let body = json!({
+                "name": name,
+                "url": url,
+                "format": format.as_str(),
+                "partitions": partitions,
+                "options": options.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            let v = client.post("/api/v1/archives", &body).await?;
+            match out {
+                Output::Json => render::json(&v),
+                _ => println!(
+                    "added archive {name}: query it with ferry sql archive \"select … from {name}\""
+                ),
+            }
+        }
+        ArchiveCmd::List => {
+            let v = client.get("/api/v1/archives").await?;
+            render::records(out, &v, &["name", "url", "format", "partitions"]);
+        }
+        ArchiveCmd::Rm { name } => {
+            client
+                .delete(&format!("/api/v1/archives/{}", client::seg(&name)))
+                .await?;
+            println!("removed archive {name}");
+        }
     }
     Ok(())
 }

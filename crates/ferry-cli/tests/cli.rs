@@ -309,6 +309,30 @@ fn windows_queries_and_instances_from_the_cli() {
         imported.contains("imported 2000 rows") && imported.contains("verified"),
         "{imported}"
     );
+    s.ok(&[
+        "archive",
+        "add",
+        "recent_orders",
+        archive.to_str().unwrap(),
+        "--partitions",
+        "y,m,d",
+    ]);
+    assert!(s.ok(&["archive", "list"]).contains("recent_orders"));
+    let per_day = s.ok(&[
+        "sql",
+        "archive",
+        "select d, count(*) as n from recent_orders group by d order by d",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(per_day.lines().count(), 3, "{per_day}");
+    assert!(
+        per_day.lines().skip(1).all(|l| l.ends_with(",1000")),
+        "{per_day}"
+    );
+    s.ok(&["archive", "rm", "recent_orders"]);
+    let gone = s.ferry(&["sql", "archive", "select count(*) from recent_orders"]);
+    assert_eq!(gone.status.code(), Some(1));
     let usage = s.ferry(&["export", "demo", "orders", "/tmp/x", "--var", "novalue"]);
     assert_eq!(usage.status.code(), Some(2));
     s.ok(&["instance", "rm", "extra"]);

@@ -86,7 +86,7 @@ pub struct ArchiveConnector {
 }
 
 impl ArchiveConnector {
-    pub fn new(tables: Vec<ArchiveTable>) -> Arc<dyn Connector> {
+    pub fn connector(tables: Vec<ArchiveTable>) -> Arc<dyn Connector> {
         Arc::new(ArchiveConnector { tables })
     }
 }

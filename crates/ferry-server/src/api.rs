@@ -93,7 +93,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         show_transfer,
         cancel_transfer,
         submit_export,
-        schema_diff
+        schema_diff,
+        list_archives,
+        add_archive,
+        remove_archive
     ),
     components(schemas(
         AddInstance,
@@ -157,6 +160,8 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/api/v1/exports", post(submit_export))
         .route("/api/v1/schema-diff", get(schema_diff))
+        .route("/api/v1/archives", get(list_archives).post(add_archive))
+        .route("/api/v1/archives/{name}", delete(remove_archive))
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),
@@ -549,4 +554,30 @@ async fn schema_diff(
     ApiQuery(p): ApiQuery<crate::schema_diff::DiffParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(crate::schema_diff::diff(&state, &p).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/archives", responses((status = 200, description = "Registered archives")))]
+async fn list_archives(
+    State(state): State<SharedState>,
+) -> ApiResult<Json<Vec<ferry_query::ArchiveTable>>> {
+    Ok(Json(crate::archives::list(&state).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/archives", request_body(content = Object, description = "name, url, format, partitions, options"),
+    responses((status = 201, description = "Registered; query it as instance \"archive\""), (status = 400), (status = 409)))]
+async fn add_archive(
+    State(state): State<SharedState>,
+    ApiJson(table): ApiJson<ferry_query::ArchiveTable>,
+) -> ApiResult<Response> {
+    let added = crate::archives::add(&state, table).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/archives/{name}", responses((status = 204), (status = 404)))]
+async fn remove_archive(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    crate::archives::remove(&state, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

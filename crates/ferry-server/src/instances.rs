@@ -135,6 +135,22 @@ impl AppState {
         {
             return Ok(p.clone());
         }
+        if name == ferry_query::ARCHIVE_INSTANCE {
+            let connector =
+                ferry_query::ArchiveConnector::connector(crate::archives::list(self).await?);
+            let pool = InstancePool::new(
+                InstanceName::new(name)?,
+                connector,
+                InstanceSettings::default(),
+                self.action_sink(),
+            );
+            let mut pools = self
+                .instances
+                .pools
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            return Ok(pools.entry(name.to_string()).or_insert(pool).clone());
+        }
         let rec = self.instance_record(name).await?;
         let url = ConnectionUrl::parse(&self.key.decrypt(&rec.url_secret)?)?;
         let settings = parse_settings(&rec)?;
@@ -200,6 +216,11 @@ pub async fn add(
     req: AddInstance,
 ) -> Result<(InstanceDto, Option<ferry_connect::ServerInfo>)> {
     let name = InstanceName::new(&req.name)?;
+    if name.as_str() == ferry_query::ARCHIVE_INSTANCE {
+        return Err(Error::InvalidInput(format!(
+            "the instance name \"{name}\" is reserved: SQL on registered archives runs there"
+        )));
+    }
     let url = ConnectionUrl::parse(&req.url)?;
     let environment: Environment = req.environment.as_deref().unwrap_or("dev").parse()?;
     let mut settings = req.settings.unwrap_or_default();

@@ -3,6 +3,7 @@
 //! metrics and the OpenAPI document. Only this crate (and the CLI) knows HTTP and JSON DTOs.
 
 pub mod api;
+pub mod archives;
 pub mod console;
 pub mod demo;
 pub mod encode;

@@ -92,6 +92,53 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
         .await
         .unwrap();
     assert_eq!(partitions.len(), 3, "{partitions:?}");
+    // The archive answers SQL, and a partition filter reads only that partition.
+    let (status, v) = server
+        .post("/api/v1/archives", json!({ "name": "oss_orders", "url": url, "format": "parquet", "partitions": ["y", "m", "d"], "options": options }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        server
+            .rows("archive", "select count(*) as n from oss_orders")
+            .await[0]["n"],
+        2500
+    );
+    let (y, m, d) = (&day[0..4], &day[5..7], &day[8..10]);
+    let filter = format!("y = '{y}' and m = '{m}' and d = '{d}'");
+    let one_day = server
+        .rows(
+            "archive",
+            &format!(
+                "select count(*) as n, min(created_date) as first from oss_orders where {filter}"
+            ),
+        )
+        .await;
+    assert_eq!(one_day[0], json!({ "n": 500, "first": day }));
+    let plan = server
+        .rows(
+            "archive",
+            &format!("explain select sum(total_amount) from oss_orders where {filter}"),
+        )
+        .await;
+    let physical = plan
+        .iter()
+        .find(|r| r["plan_type"] == "physical_plan")
+        .expect("a physical plan")["plan"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        physical.matches("part-00000.parquet").count(),
+        1,
+        "the plan reads more than the one partition:\n{physical}"
+    );
+    assert!(
+        physical.contains(&format!("y={y}/m={m}/d={d}")),
+        "{physical}"
+    );
+    let (_, tables) = server.get("/api/v1/instances/archive/tables").await;
+    assert_eq!(tables[0]["name"], "oss_orders");
+
     // Importing the archive back gives 2,500 rows, verified.
     let import = job(
         &server,

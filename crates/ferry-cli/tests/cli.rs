@@ -9,7 +9,8 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 struct Served {
     child: Child,
     server: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Served {
@@ -20,7 +21,19 @@ impl Served {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(FERRY)
+        let child = Self::spawn(port, &dir);
+        let served = Served {
+            child,
+            server: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        served.wait_up();
+        served
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+        Command::new(FERRY)
             .args([
                 "serve",
                 "--demo",
@@ -32,18 +45,23 @@ impl Served {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        let served = Served {
-            child,
-            server: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
+            .unwrap()
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !served.ferry(&["instance", "list"]).status.success() {
+        while !self.ferry(&["instance", "list"]).status.success() {
             assert!(Instant::now() < deadline, "ferry serve did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        served
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port and data.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, &self.dir);
+        self.wait_up();
     }
 
     fn ferry(&self, args: &[&str]) -> Output {
@@ -360,4 +378,114 @@ fn serve_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Waits until `ferry transfer show ID` satisfies `done`.
+fn wait_transfer(
+    s: &Served,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&s.ok(&["transfer", "show", id, "-o", "json"])).unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_copy_killed_at_any_point_runs_again_exactly() {
+    let (Some(pg), Some(my)) = (ferry_testkit::postgres(), ferry_testkit::mysql()) else {
+        return;
+    };
+    let mut s = Served::start();
+    let db = format!("ferry_t_kill_{}", std::process::id());
+    s.ok(&["instance", "add", "pgadmin", &pg]);
+    s.ok(&["instance", "add", "myadmin", &my]);
+    s.ok(&["sql", "pgadmin", &format!("drop database if exists {db}")]);
+    s.ok(&["sql", "pgadmin", &format!("create database {db}")]);
+    s.ok(&[
+        "sql",
+        "myadmin",
+        &format!("drop database if exists {db}; create database {db}"),
+    ]);
+    let pg_db = format!("{}/{db}", pg.rsplit_once('/').unwrap().0);
+    let my_db = format!("{}/{db}", my.rsplit_once('/').unwrap().0);
+    s.ok(&["instance", "add", "src", &pg_db]);
+    s.ok(&["instance", "add", "dst", &my_db]);
+    s.ok(&["sql", "src", "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 200000) g; alter table events add primary key (id)"]);
+    // Kill the server at several points of the copy: before rows flow, early, and late.
+    let mut interrupted = 0;
+    for threshold in [0, 20_000, 120_000] {
+        let id = s
+            .ok(&[
+                "copy",
+                "src:public.events",
+                "dst:events",
+                "--create",
+                "--detach",
+            ])
+            .trim()
+            .to_string();
+        wait_transfer(&s, &id, "the copy to move rows", |v| {
+            v["rows_written"].as_i64().unwrap_or(0) >= threshold || v["status"] != "running"
+        });
+        s.kill_and_restart();
+        let after = wait_transfer(&s, &id, "the restarted server to mark the copy", |v| {
+            v["status"] != "running"
+        });
+        if after["status"] == "succeeded" {
+            continue; // The copy finished before the kill; the next round kills another one.
+        }
+        assert!(
+            after["error"]
+                .as_str()
+                .unwrap()
+                .contains("the server stopped"),
+            "{after}"
+        );
+        interrupted += 1;
+        // Whatever the kill left behind is all or nothing: a committed copy or none.
+        let n = s.ok(&[
+            "sql",
+            "dst",
+            "select count(*) as n from events",
+            "-o",
+            "csv",
+        ]);
+        let n = n.lines().nth(1).unwrap_or("0").to_string();
+        assert!(n == "0" || n == "200000", "a killed copy left {n} rows");
+    }
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} kills landed while the copy ran"
+    );
+    let done = s.ok(&["copy", "src:public.events", "dst:events", "--create"]);
+    assert!(
+        done.contains("copied 200000 rows") && done.contains("verified: 200000 rows"),
+        "{done}"
+    );
+    let counts = s.ok(&[
+        "sql",
+        "dst",
+        "select count(*) as n, count(distinct id) as d from events",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(counts.lines().nth(1), Some("200000,200000"), "{counts}");
+    s.ok(&[
+        "sql",
+        "pgadmin",
+        &format!("drop database {db} with (force)"),
+    ]);
+    s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
 }

@@ -87,6 +87,65 @@ async fn postgres_to_mysql_sqlite_and_back_round_trips_verified() {
 }
 
 #[tokio::test]
+async fn postgres_through_parquet_and_back_keeps_every_value() {
+    let server = TestServer::start().await;
+    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let setup = server.sql("pg", PG_TYPES).await;
+    assert!(setup.iter().all(|r| r["error"].is_null()), "{setup:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("src.parquet").display().to_string();
+    let export = server
+        .post(
+            "/api/v1/exports",
+            json!({ "source": { "table": table("pg", "src") }, "url": file, "format": "parquet" }),
+        )
+        .await;
+    assert_eq!(export.0, StatusCode::ACCEPTED, "{}", export.1);
+    let id = export.1["id"].as_str().unwrap().to_string();
+    let done = wait_for("the export", 60, || async {
+        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(succeeded(&done)["rows"], 4);
+    let back = transfer(
+        &server,
+        json!({ "source": { "files": { "url": file, "format": "parquet" } }, "target": table("pg", "from_parquet"), "create": true }),
+    )
+    .await;
+    assert_eq!(succeeded(&back)["verified"], true, "{back}");
+    let diff = server
+        .rows("pg", "select count(*) as n from (select * from src except select id, small, num, name, amount, big, ratio, flag, day, at, data from from_parquet) d")
+        .await;
+    assert_eq!(diff[0]["n"], 0, "the Parquet round trip changed values");
+    let (_, detail) = server.get("/api/v1/instances/pg/tables/from_parquet").await;
+    let types: Vec<_> = detail["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "bigint",
+            "smallint",
+            "integer",
+            "text",
+            "numeric(12,2)",
+            "numeric(38,10)",
+            "double precision",
+            "boolean",
+            "date",
+            "timestamp without time zone",
+            "bytea"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn lossy_conversions_are_refused_by_column_unless_allowed() {
     let server = TestServer::start().await;
     let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {

@@ -199,6 +199,9 @@ struct CopyArgs {
     /// Print the transfer id and return at once.
     #[arg(long)]
     detach: bool,
+    /// Read the source over N connections, split by its integer primary key.
+    #[arg(long)]
+    parallel: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -923,6 +926,7 @@ async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()
         "allow_lossy": args.allow_lossy,
         "where": args.filter,
         "verify": !args.no_verify,
+        "parallel": args.parallel,
     });
     let started = client.post("/api/v1/transfers", &spec).await?;
     let id = started["id"].as_str().unwrap_or_default().to_string();

@@ -122,6 +122,10 @@ pub struct TransferSpec {
     /// Compare row counts and checksums of both sides afterwards (default true).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// Read a table source over this many connections, split by ranges of its integer primary
+    /// key (within the instance's connection cap).
+    #[serde(default)]
+    pub parallel: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -164,6 +168,13 @@ impl TransferSpec {
             return Err(Error::InvalidInput(format!(
                 "source and target are the same table {}",
                 e.display()
+            )));
+        }
+        if let Some(p) = self.parallel
+            && !(1..=64).contains(&p)
+        {
+            return Err(Error::InvalidInput(format!(
+                "--parallel takes 1 to 64 connections, not {p}"
             )));
         }
         if self.target.table.trim().is_empty() {
@@ -384,6 +395,7 @@ mod tests {
             allow_lossy: false,
             filter: filter.map(str::to_string),
             verify: true,
+            parallel: None,
         }
     }
 

@@ -296,8 +296,15 @@ async fn transfer(
     };
     // Reading (and parsing, casting, checksumming) runs in a task of its own, beside the writer.
     let reader = match source {
-        Some(lease) => {
-            SourceReader::start(lease, sql, source_detail.clone(), progress.clone()).await?
+        Some(mut lease) => {
+            let sqls = split_by_key(
+                &mut lease,
+                &sql,
+                source_detail.as_ref(),
+                spec.parallel.unwrap_or(1),
+            )
+            .await?;
+            SourceReader::start(lease, sqls, source_detail.clone(), progress.clone()).await?
         }
         None => SourceReader::files(&spec.source, progress.clone()).await?,
     };
@@ -474,65 +481,182 @@ struct SourceReader {
 }
 
 impl SourceReader {
+    /// Runs `sqls` (one, or one per key range) on leases of the source pool, the first on `first`,
+    /// and merges their batches into one channel; the checksums add up.
     async fn start(
-        mut source: Lease,
-        sql: String,
+        first: Lease,
+        sqls: Vec<String>,
         detail: Option<TableDetail>,
         progress: Arc<Progress>,
     ) -> Result<SourceReader> {
+        let pool = first.pool().clone();
+        let database = first.database().map(str::to_string);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
-        let (tx, rows) = mpsc::channel::<Result<RecordBatch>>(4);
-        let task = tokio::spawn(async move {
-            let canceller = source.conn().canceller();
-            let (raw, mut batches) = match source.conn().run(&sql).await {
-                Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
-                Ok(StatementOutput::Affected(_)) => {
-                    let e = Error::InvalidInput(
-                        "the source statement returns no rows: give a table or a SELECT".into(),
-                    );
-                    let _ = ready_tx.send(Err(e));
-                    return Ok(Checksum::default());
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.context("reading the source")));
-                    return Ok(Checksum::default());
-                }
-            };
-            let schema = refined_schema(&raw, detail.as_ref());
-            if ready_tx.send(Ok(schema.clone())).is_err() {
-                return Ok(Checksum::default());
-            }
-            let mut checksum = Checksum::default();
-            while let Some(batch) = batches.next().await {
-                let batch = batch.and_then(|b| cast_batch(b, &schema)).and_then(|b| {
-                    checksum.add(&b, &schema)?;
-                    Ok(b)
-                });
-                match batch {
-                    Ok(b) => {
-                        progress
-                            .rows_read
-                            .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                        if tx.send(Ok(b)).await.is_err() {
-                            // The writer gave up: stop the source statement too.
-                            drop(batches);
-                            let _ = canceller.cancel().await;
-                            break;
-                        }
-                    }
+        let (tx, rows) = mpsc::channel::<Result<RecordBatch>>(4 * sqls.len().max(1));
+        let mut sqls = sqls.into_iter();
+        let first_sql = sqls.next().unwrap_or_default();
+        let mut tasks = vec![tokio::spawn(read_partition(
+            first,
+            first_sql,
+            detail.clone(),
+            tx.clone(),
+            progress.clone(),
+            Some(ready_tx),
+        ))];
+        for sql in sqls {
+            let (pool, database, detail, tx, progress) = (
+                pool.clone(),
+                database.clone(),
+                detail.clone(),
+                tx.clone(),
+                progress.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                // Each range waits for its own connection, within the instance's cap.
+                match pool
+                    .acquire(Feature::AsyncQuery, database.as_deref(), "transfer source")
+                    .await
+                {
+                    Ok(lease) => read_partition(lease, sql, detail, tx, progress, None).await,
                     Err(e) => {
                         let _ = tx.send(Err(e.clone())).await;
-                        return Err(e);
+                        Err(e)
                     }
                 }
+            }));
+        }
+        drop(tx);
+        let task = tokio::spawn(async move {
+            let mut total = Checksum::default();
+            for t in tasks {
+                let c = t
+                    .await
+                    .map_err(|e| Error::Internal(format!("a source reader stopped: {e}")))??;
+                total.rows += c.rows;
+                total.sum = total.sum.wrapping_add(c.sum);
             }
-            Ok(checksum)
+            Ok(total)
         });
         let schema = ready_rx
             .await
             .map_err(|_| Error::Internal("the source reader ended without an answer".into()))??;
         Ok(SourceReader { schema, rows, task })
     }
+}
+
+/// Reads one source statement into the channel, cast to the refined schema and checksummed.
+async fn read_partition(
+    mut source: Lease,
+    sql: String,
+    detail: Option<TableDetail>,
+    tx: mpsc::Sender<Result<RecordBatch>>,
+    progress: Arc<Progress>,
+    ready: Option<tokio::sync::oneshot::Sender<Result<SchemaRef>>>,
+) -> Result<Checksum> {
+    let canceller = source.conn().canceller();
+    let failed = |e: Error, ready: Option<tokio::sync::oneshot::Sender<Result<SchemaRef>>>| async {
+        match ready {
+            Some(r) => {
+                let _ = r.send(Err(e));
+                Ok(Checksum::default())
+            }
+            None => {
+                let _ = tx.send(Err(e.clone())).await;
+                Err(e)
+            }
+        }
+    };
+    let (raw, mut batches) = match source.conn().run(&sql).await {
+        Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
+        Ok(StatementOutput::Affected(_)) => {
+            let e = Error::InvalidInput(
+                "the source statement returns no rows: give a table or a SELECT".into(),
+            );
+            return failed(e, ready).await;
+        }
+        Err(e) => return failed(e.context("reading the source"), ready).await,
+    };
+    let schema = refined_schema(&raw, detail.as_ref());
+    if let Some(r) = ready
+        && r.send(Ok(schema.clone())).is_err()
+    {
+        return Ok(Checksum::default());
+    }
+    let mut checksum = Checksum::default();
+    while let Some(batch) = batches.next().await {
+        let batch = batch.and_then(|b| cast_batch(b, &schema)).and_then(|b| {
+            checksum.add(&b, &schema)?;
+            Ok(b)
+        });
+        match batch {
+            Ok(b) => {
+                progress
+                    .rows_read
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                if tx.send(Ok(b)).await.is_err() {
+                    // The writer gave up: stop the source statement too.
+                    drop(batches);
+                    let _ = canceller.cancel().await;
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.clone())).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(checksum)
+}
+
+/// Splits a table source into `parallel` statements by ranges of its integer primary key, or
+/// returns the one statement when it cannot be split.
+async fn split_by_key(
+    source: &mut Lease,
+    sql: &str,
+    detail: Option<&TableDetail>,
+    parallel: u32,
+) -> Result<Vec<String>> {
+    let engine = source.pool().connector().engine();
+    let key = detail.filter(|d| d.primary_key.len() == 1).and_then(|d| {
+        let k = &d.primary_key[0];
+        let c = d.columns.iter().find(|c| &c.name == k)?;
+        matches!(c.arrow_type.as_str(), "Int16" | "Int32" | "Int64").then(|| k.clone())
+    });
+    let Some(key) = key.filter(|_| parallel > 1) else {
+        if parallel > 1 {
+            tracing::info!(
+                "the source has no single integer primary key: reading it with one connection"
+            );
+        }
+        return Ok(vec![sql.to_string()]);
+    };
+    let k = quote_ident(engine, &key);
+    let bounds = query_strings(
+        source.conn(),
+        &format!("SELECT min({k}), max({k}) FROM ({sql}) AS ferry_bounds"),
+    )
+    .await?;
+    let parse = |i: usize| {
+        bounds
+            .first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let (Some(low), Some(high)) = (parse(0), parse(1)) else {
+        return Ok(vec![sql.to_string()]);
+    };
+    let span = (high as i128 - low as i128 + 1).max(1);
+    let n = (parallel as i128).min(span);
+    let mut sqls = Vec::new();
+    for i in 0..n {
+        let from = low as i128 + span * i / n;
+        let to = low as i128 + span * (i + 1) / n;
+        sqls.push(format!(
+            "SELECT * FROM ({sql}) AS ferry_part WHERE {k} >= {from} AND {k} < {to}"
+        ));
+    }
+    Ok(sqls)
 }
 
 impl SourceReader {

@@ -306,6 +306,49 @@ async fn the_demo_orders_copy_into_postgres() {
 }
 
 #[tokio::test]
+async fn parallel_reads_split_by_key_and_stay_within_the_cap() {
+    let server = TestServer::start().await;
+    let Some(_) = postgres_instance(
+        &server,
+        "pg",
+        json!({ "max_connections": 3, "acquire_timeout_secs": 60 }),
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
+        return;
+    };
+    server.sql("pg", "create table big (id bigint primary key, v text); insert into big select g, 'v' || g from generate_series(-5000, 94999) g;
+                      create table nokey (v text); insert into nokey select 'x' || g from generate_series(1, 1000) g").await;
+    let out = transfer(&server, json!({ "source": { "table": table("pg", "big") }, "target": table("my", "big"), "create": true, "parallel": 4 })).await;
+    let report = succeeded(&out);
+    assert_eq!(
+        (report["rows"].as_u64(), report["verified"].as_bool()),
+        (Some(100_000), Some(true)),
+        "{out}"
+    );
+    let counts = server
+        .rows(
+            "my",
+            "select count(*) as n, count(distinct id) as d, min(id) as lo, max(id) as hi from big",
+        )
+        .await;
+    assert_eq!(
+        counts[0],
+        json!({ "n": 100000, "d": 100000, "lo": -5000, "hi": 94999 })
+    );
+    // Without an integer key the source is read over one connection, still correctly.
+    let out = transfer(&server, json!({ "source": { "table": table("pg", "nokey") }, "target": table("my", "nokey"), "create": true, "parallel": 4 })).await;
+    assert_eq!(succeeded(&out)["rows"], 1000);
+    let (status, v) = server.post("/api/v1/transfers", json!({ "source": { "table": table("pg", "big") }, "target": table("my", "x"), "parallel": 0 })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (_, conns) = server.get("/api/v1/instances/pg/connections").await;
+    assert!(conns["stats"]["open"].as_u64().unwrap() <= 3, "{conns}");
+}
+
+#[tokio::test]
 async fn bad_transfers_are_explained() {
     let server = TestServer::start().await;
     let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {

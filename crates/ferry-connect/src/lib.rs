@@ -8,6 +8,7 @@
 pub mod arrow_text;
 mod batching;
 pub mod mysql;
+mod pg_binary;
 pub mod pool;
 pub mod postgres;
 pub mod redis;

@@ -344,17 +344,62 @@ impl Connection for PostgresConnection {
             None => None,
         };
         let into = stage.clone().unwrap_or_else(|| target.qualified(engine));
+        // Binary COPY when every target column has a binary encoding; text otherwise.
+        let probe = self
+            .client
+            .prepare(&format!(
+                "SELECT {columns} FROM {} LIMIT 0",
+                target.qualified(engine)
+            ))
+            .await
+            .map_err(statement_error)?;
+        let binary: Option<Vec<arrow::datatypes::DataType>> = probe
+            .columns()
+            .iter()
+            .map(|c| crate::pg_binary::arrow_for(c.type_(), c.type_modifier()))
+            .collect();
+        drop(probe);
+        let format = if binary.is_some() {
+            " (FORMAT binary)"
+        } else {
+            ""
+        };
         let sink = self
             .client
-            .copy_in::<_, bytes::Bytes>(&format!("COPY {into} ({columns}) FROM STDIN"))
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {into} ({columns}) FROM STDIN{format}"))
             .await
             .map_err(statement_error)?;
         futures::pin_mut!(sink);
+        let encoder =
+            binary.map(|types| crate::pg_binary::BinaryEncoder::new(types, target.columns.clone()));
+        if encoder.is_some() {
+            futures::SinkExt::send(
+                &mut sink,
+                bytes::Bytes::from_static(crate::pg_binary::HEADER),
+            )
+            .await
+            .map_err(statement_error)?;
+        }
         while let Some(batch) = batches.next().await {
-            let text = crate::write::copy_text(&batch?, &target.columns)?;
-            futures::SinkExt::send(&mut sink, bytes::Bytes::from(text))
+            let chunk = match &encoder {
+                Some(e) => {
+                    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+                    e.encode(&batch?, &mut buf)?;
+                    buf.freeze()
+                }
+                None => bytes::Bytes::from(crate::write::copy_text(&batch?, &target.columns)?),
+            };
+            futures::SinkExt::send(&mut sink, chunk)
                 .await
                 .map_err(statement_error)?;
+        }
+        if encoder.is_some() {
+            futures::SinkExt::send(
+                &mut sink,
+                bytes::Bytes::from_static(crate::pg_binary::TRAILER),
+            )
+            .await
+            .map_err(statement_error)?;
         }
         let copied = sink.finish().await.map_err(statement_error)?;
         let Some(stage) = stage else {

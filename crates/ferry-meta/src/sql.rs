@@ -187,6 +187,21 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// Marks jobs left queued or running (by a node that stopped) as failed.
+    async fn fail_unfinished(&self, table: &'static str, reason: &str) -> Result<u64> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update {table} set status = 'failed', error = $1, finished_at_ms = $2 where status in ('queued', 'running')"
+        )))
+        .bind(reason)
+        .bind(crate::now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+}
+
 impl MetaStore for SqlStore {
     fn backend(&self) -> &'static str {
         self.backend
@@ -424,15 +439,7 @@ impl QueryRepo for SqlStore {
     }
 
     async fn fail_unfinished_queries(&self, reason: &str) -> Result<u64> {
-        let done = sqlx::query(
-            "update queries set status = 'failed', error = $1, finished_at_ms = $2 where status in ('queued', 'running')",
-        )
-        .bind(reason)
-        .bind(crate::now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(done.rows_affected())
+        self.fail_unfinished("queries", reason).await
     }
 }
 
@@ -517,15 +524,7 @@ impl TransferRepo for SqlStore {
     }
 
     async fn fail_unfinished_transfers(&self, reason: &str) -> Result<u64> {
-        let done = sqlx::query(
-            "update transfers set status = 'failed', error = $1, finished_at_ms = $2 where status in ('queued', 'running')",
-        )
-        .bind(reason)
-        .bind(crate::now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(done.rows_affected())
+        self.fail_unfinished("transfers", reason).await
     }
 
     async fn get_watermark(&self, name: &str) -> Result<Option<String>> {

@@ -257,3 +257,21 @@ pub fn database_of(url: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Submits a job (a transfer or an export) and waits for it to end; returns its final record.
+pub async fn run_job(server: &TestServer, path: &str, spec: Value) -> Value {
+    let (status, v) = server.post(path, spec.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{spec}: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("the job to end", 120, || async {
+        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await
+}
+
+/// The report of a job that must have succeeded.
+pub fn succeeded(v: &Value) -> &Value {
+    assert_eq!(v["status"], "succeeded", "{v}");
+    &v["report"]
+}

@@ -6,22 +6,6 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn job(server: &TestServer, path: &str, spec: Value) -> Value {
-    let (status, v) = server.post(path, spec.clone()).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{spec}: {v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    wait_for("the job to end", 120, || async {
-        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
-        (v["status"] != "running").then_some(v)
-    })
-    .await
-}
-
-fn ok(v: &Value) -> &Value {
-    assert_eq!(v["status"], "succeeded", "{v}");
-    &v["report"]
-}
-
 #[tokio::test]
 async fn daily_partitions_on_object_storage_replace_and_import() {
     let server = TestServer::start_with(|c| c.demo = true).await;
@@ -46,13 +30,13 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
         })
     };
     // Three days, three partitions of 1,000 rows each.
-    let out = job(
+    let out = run_job(
         &server,
         "/api/v1/exports",
         export("created_date >= date('now', '-3 days')"),
     )
     .await;
-    let report = ok(&out);
+    let report = succeeded(&out);
     assert_eq!(report["rows"], 3000);
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 3, "{report}");
@@ -80,13 +64,13 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
             &format!("delete from orders where created_date = '{day}' and order_id % 2 = 0"),
         )
         .await;
-    let again = job(
+    let again = run_job(
         &server,
         "/api/v1/exports",
         export(&format!("created_date = '{day}'")),
     )
     .await;
-    assert_eq!(ok(&again)["rows"], 500);
+    assert_eq!(succeeded(&again)["rows"], 500);
     let location = ferry_move::files::open_location(&url, &options).unwrap();
     let partitions = ferry_move::export::list_partitions(&location)
         .await
@@ -140,13 +124,13 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
     assert_eq!(tables[0]["name"], "oss_orders");
 
     // Importing the archive back gives 2,500 rows, verified.
-    let import = job(
+    let import = run_job(
         &server,
         "/api/v1/transfers",
         json!({ "source": { "files": { "url": url, "format": "parquet", "options": options } }, "target": { "instance": "pg", "table": "archived" }, "create": true }),
     )
     .await;
-    let report = ok(&import);
+    let report = succeeded(&import);
     assert_eq!(
         (report["rows"].as_u64(), report["verified"].as_bool()),
         (Some(2500), Some(true)),
@@ -181,21 +165,21 @@ async fn csv_and_jsonl_files_round_trip_through_local_disk() {
         .await;
     for format in ["csv", "jsonl"] {
         let path = dir.path().join(format!("products.{format}"));
-        let out = job(
+        let out = run_job(
             &server,
             "/api/v1/exports",
             json!({ "source": { "query": { "instance": "demo", "sql": "select product_id, product_name, price from products" } }, "url": path.display().to_string(), "format": format }),
         )
         .await;
-        assert_eq!(ok(&out)["rows"], 50);
+        assert_eq!(succeeded(&out)["rows"], 50);
         assert!(path.exists(), "{} was not written", path.display());
-        let back = job(
+        let back = run_job(
             &server,
             "/api/v1/transfers",
             json!({ "source": { "files": { "url": path.display().to_string(), "format": format } }, "target": { "instance": "lite", "table": format!("p_{format}") }, "create": true }),
         )
         .await;
-        assert_eq!(ok(&back)["verified"], true, "{back}");
+        assert_eq!(succeeded(&back)["verified"], true, "{back}");
         let rows = server
             .rows(
                 "lite",
@@ -241,7 +225,7 @@ async fn bad_exports_and_imports_are_explained() {
         assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
         assert!(!message.contains("s3cret"));
     }
-    let missing = job(
+    let missing = run_job(
         &server,
         "/api/v1/transfers",
         json!({ "source": { "files": { "url": "/nonexistent/ferry/dir", "format": "parquet" } }, "target": { "instance": "demo", "table": "x" }, "create": true }),
@@ -256,7 +240,7 @@ async fn bad_exports_and_imports_are_explained() {
         "{missing}"
     );
     if let Some(endpoint) = ferry_testkit::s3() {
-        let no_bucket = job(
+        let no_bucket = run_job(
             &server,
             "/api/v1/exports",
             json!({ "source": source, "url": "s3://ferry-no-such-bucket/x", "options": ferry_testkit::s3_options(&endpoint) }),

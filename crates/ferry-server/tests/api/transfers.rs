@@ -8,23 +8,11 @@ use crate::common::*;
 
 /// Submits a transfer and waits for it to end; returns the final record.
 async fn transfer(server: &TestServer, spec: Value) -> Value {
-    let (status, v) = server.post("/api/v1/transfers", spec.clone()).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{spec}: {v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    wait_for("the transfer to end", 120, || async {
-        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
-        (v["status"] != "running").then_some(v)
-    })
-    .await
+    run_job(server, "/api/v1/transfers", spec).await
 }
 
 fn table(instance: &str, table: &str) -> Value {
     json!({ "instance": instance, "table": table })
-}
-
-fn succeeded(v: &Value) -> &Value {
-    assert_eq!(v["status"], "succeeded", "{v}");
-    &v["report"]
 }
 
 const PG_TYPES: &str = "create table src (

@@ -217,6 +217,10 @@ async fn bad_exports_and_imports_are_explained() {
             json!({ "source": source, "url": "ftp://host/x" }),
             "storage URL",
         ),
+        (
+            json!({ "source": source, "url": "/proc/ferry-cannot-write-here/orders.parquet" }),
+            "cannot create the directory /proc/ferry-cannot-write-here",
+        ),
     ];
     for (spec, fragment) in cases {
         let (status, v) = server.post("/api/v1/exports", spec.clone()).await;

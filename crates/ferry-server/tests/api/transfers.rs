@@ -381,3 +381,52 @@ async fn bad_transfers_are_explained() {
     let (s, v) = server.post("/api/v1/transfers", json!({ "source": { "table": table("pg", "src") }, "target": table("pg", "x"), "mode": "sideways" })).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
+
+#[tokio::test]
+async fn a_connection_cut_mid_transfer_fails_clearly_and_writes_nothing() {
+    let server = TestServer::start().await;
+    let Some(url) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
+        return;
+    };
+    server.sql("pg", "create table big (id bigint primary key, v text); insert into big select g, repeat('x', 200) from generate_series(1, 300000) g").await;
+    let (status, v) = server
+        .post("/api/v1/transfers", json!({ "source": { "table": table("pg", "big") }, "target": table("my", "big"), "create": true }))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_for("rows to flow", 60, || async {
+        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["rows_written"].as_i64().unwrap_or(0) > 0 || v["status"] != "running").then_some(())
+    })
+    .await;
+    // Cut the source's connection on the PostgreSQL side, as a network failure would.
+    let admin = pg_direct(&ferry_testkit::postgres().unwrap()).await;
+    admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'ferry' and query like 'COPY%'",
+            &[&database_of(&url)],
+        )
+        .await
+        .unwrap();
+    let done = wait_for("the transfer to end", 60, || async {
+        let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await;
+    if done["status"] == "succeeded" {
+        return; // It finished before the cut landed; nothing to check.
+    }
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.contains("reading the source") || error.contains("connection"),
+        "{error}"
+    );
+    assert_eq!(
+        server.rows("my", "select count(*) as n from big").await[0]["n"],
+        0,
+        "a failed transfer left rows behind"
+    );
+}

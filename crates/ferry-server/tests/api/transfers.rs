@@ -430,3 +430,118 @@ async fn a_connection_cut_mid_transfer_fails_clearly_and_writes_nothing() {
         "a failed transfer left rows behind"
     );
 }
+
+#[tokio::test]
+async fn mysql_types_land_in_postgres_and_exotic_postgres_types_in_mysql() {
+    let server = TestServer::start().await;
+    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
+        return;
+    };
+    let setup = server
+        .sql(
+            "my",
+            "create table t (id int primary key, ti tinyint, tu tinyint unsigned, su smallint unsigned, iu int unsigned,
+               bu bigint unsigned, d decimal(38,10), f float, db double, bits bit(8), day date, dt datetime(6), ts timestamp(6) null,
+               tm time, yr year, vc varchar(20), tx text, bl blob, js json, en enum('small','large'), st set('x','y'));
+             insert into t values
+               (1, -128, 255, 65535, 4294967295, 18446744073709551615, -12345678901234567890.0123456789, 1.5, -2.25e-300, b'10100101',
+                '2026-11-22', '2026-11-22 10:00:00.123456', '2026-11-22 10:00:00.5', '-838:59:59', 2026, 'é🚀 spaces  ', 'line\nbreak', x'00ff',
+                '{\"a\": [1, 2]}', 'large', 'x,y'),
+               (2, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null)",
+        )
+        .await;
+    assert!(setup.iter().all(|r| r["error"].is_null()), "{setup:?}");
+    let out = transfer(&server, json!({ "source": { "table": table("my", "t") }, "target": table("pg", "from_mysql"), "create": true })).await;
+    let report = succeeded(&out);
+    assert_eq!(
+        (report["rows"].as_u64(), report["verified"].as_bool()),
+        (Some(2), Some(true)),
+        "{out}"
+    );
+    let row = &server
+        .rows("pg", "select * from from_mysql where id = 1")
+        .await[0];
+    assert_eq!(row["bu"], json!(18446744073709551615u64), "{row}");
+    assert_eq!(
+        row["d"],
+        json!(-12345678901234567890.0123456789f64),
+        "{row}"
+    );
+    assert_eq!(row["tm"], "-838:59:59");
+    assert_eq!(row["vc"], "é🚀 spaces  ");
+    assert_eq!(row["en"], "large");
+    assert_eq!(row["ts"], "2026-11-22T10:00:00.500Z");
+    let exact = server
+        .rows(
+            "pg",
+            "select d::text as d, bu::text as bu from from_mysql where id = 1",
+        )
+        .await;
+    assert_eq!(
+        exact[0],
+        json!({ "d": "-12345678901234567890.0123456789", "bu": "18446744073709551615" })
+    );
+    let (_, detail) = server.get("/api/v1/instances/pg/tables/from_mysql").await;
+    let types: Vec<_> = detail["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        &types[..6],
+        [
+            "integer",
+            "smallint",
+            "smallint",
+            "integer",
+            "bigint",
+            "numeric(20,0)"
+        ]
+    );
+    assert_eq!(types[6], "numeric(38,10)");
+
+    // PostgreSQL types without a MySQL counterpart travel as their text; NaN cannot.
+    server
+        .sql(
+            "pg",
+            "create type mood as enum ('ok', 'meh');
+             create table exotic (id int primary key, j jsonb, u uuid, iv interval, arr int[], m mood, n float8);
+             insert into exotic values (1, '{\"k\": 1}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day 02:00', '{1,2}', 'meh', 1.5)",
+        )
+        .await;
+    let out = transfer(&server, json!({ "source": { "table": table("pg", "exotic") }, "target": table("my", "exotic"), "create": true })).await;
+    assert_eq!(succeeded(&out)["verified"], true, "{out}");
+    let row = &server.rows("my", "select * from exotic").await[0];
+    assert_eq!(row["u"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_eq!(row["arr"], "{1,2}");
+    assert_eq!(row["m"], "meh");
+    assert_eq!(row["iv"], "1 day 02:00:00");
+    server
+        .sql(
+            "pg",
+            "insert into exotic values (2, null, null, null, null, null, 'NaN')",
+        )
+        .await;
+    let refused = transfer(
+        &server,
+        json!({ "source": { "table": table("pg", "exotic") }, "target": table("my", "exotic") }),
+    )
+    .await;
+    assert_eq!(refused["status"], "failed");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("column \"n\" holds NaN, which MySQL cannot store"),
+        "{refused}"
+    );
+    assert_eq!(
+        server.rows("my", "select count(*) as n from exotic").await[0]["n"],
+        1,
+        "the refused copy rolled back"
+    );
+}

@@ -19,8 +19,6 @@ use sqlx::{
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::write::WriteTarget;
 
-/// Size of one multi-row INSERT; well under MySQL's default max_allowed_packet.
-const INSERT_BYTES: usize = 1 << 20;
 use crate::postgres::{literal, qualified, session_from_row};
 use crate::{
     BATCH_ROWS, Canceller, ColumnInfo, ConnectOptions, Connection, Connector, ServerInfo,
@@ -300,18 +298,51 @@ impl Connection for MysqlConnection {
         target: &WriteTarget,
         mut batches: crate::BatchStream<'_>,
     ) -> Result<u64> {
+        // Prepared multi-row INSERTs: values travel in the binary protocol, so the server parses
+        // no text, and the statement for a full chunk is prepared once and reused.
+        let width = target.columns.len().max(1);
+        let per_statement = (60_000 / width).clamp(1, 1000);
+        let row = format!("({})", vec!["?"; width].join(", "));
+        let head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            target.qualified(Engine::Mysql),
+            target.column_list(Engine::Mysql)
+        );
+        let tail = crate::write::upsert_clause(Engine::Mysql, target);
+        let options = crate::write::format_options(false);
         let mut written = 0;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            for sql in crate::write::insert_statements(Engine::Mysql, target, &batch, INSERT_BYTES)?
-            {
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(|e| {
-                        self.broken |= matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_));
-                        statement_error(e)
-                    })?;
+            let mut start = 0;
+            while start < batch.num_rows() {
+                let end = (start + per_statement).min(batch.num_rows());
+                let sql = format!("{head}{}{tail}", vec![row.as_str(); end - start].join(", "));
+                // Formatters are not Send: the statement is built before the await.
+                let query = {
+                    let formatters = batch
+                        .columns()
+                        .iter()
+                        .map(|c| {
+                            arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| {
+                            Error::Unsupported(format!("cannot write this column type: {e}"))
+                        })?;
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for r in start..end {
+                        for (i, column) in batch.columns().iter().enumerate() {
+                            query =
+                                bind_value(query, column, r, &formatters[i], &target.columns[i])?;
+                        }
+                    }
+                    query
+                };
+                query.execute(&mut self.conn).await.map_err(|e| {
+                    self.broken |= matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_));
+                    statement_error(e)
+                })?;
+                start = end;
             }
             written += batch.num_rows() as u64;
         }
@@ -452,4 +483,57 @@ fn declared_type_name(column_type: &str) -> String {
     } else {
         name
     }
+}
+
+type MysqlQuery<'q> = sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>;
+
+/// Binds one Arrow value: numbers, text and bytes as themselves, everything else as its text.
+fn bind_value<'q>(
+    query: MysqlQuery<'q>,
+    array: &'q arrow::array::ArrayRef,
+    row: usize,
+    formatter: &arrow::util::display::ArrayFormatter<'_>,
+    name: &str,
+) -> Result<MysqlQuery<'q>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{
+        DataType as D, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+        UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    };
+    if array.is_null(row) {
+        return Ok(query.bind(None::<i64>));
+    }
+    let not_finite = |v: f64| {
+        Error::InvalidInput(format!(
+            "column \"{name}\" holds {v}, which MySQL cannot store; filter or convert it in the source query"
+        ))
+    };
+    Ok(match array.data_type() {
+        D::Boolean => query.bind(array.as_boolean().value(row)),
+        D::Int8 => query.bind(array.as_primitive::<Int8Type>().value(row) as i64),
+        D::Int16 => query.bind(array.as_primitive::<Int16Type>().value(row) as i64),
+        D::Int32 => query.bind(array.as_primitive::<Int32Type>().value(row) as i64),
+        D::Int64 => query.bind(array.as_primitive::<Int64Type>().value(row)),
+        D::UInt8 => query.bind(array.as_primitive::<UInt8Type>().value(row) as u64),
+        D::UInt16 => query.bind(array.as_primitive::<UInt16Type>().value(row) as u64),
+        D::UInt32 => query.bind(array.as_primitive::<UInt32Type>().value(row) as u64),
+        D::UInt64 => query.bind(array.as_primitive::<UInt64Type>().value(row)),
+        D::Float32 => {
+            let v = array.as_primitive::<Float32Type>().value(row);
+            if !v.is_finite() {
+                return Err(not_finite(v as f64));
+            }
+            query.bind(v)
+        }
+        D::Float64 => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            if !v.is_finite() {
+                return Err(not_finite(v));
+            }
+            query.bind(v)
+        }
+        D::Utf8 => query.bind(array.as_string::<i32>().value(row)),
+        D::Binary => query.bind(array.as_binary::<i32>().value(row)),
+        _ => query.bind(formatter.value(row).to_string()),
+    })
 }

@@ -1,6 +1,6 @@
 //! Bulk writes of record batches into an existing table: PostgreSQL through `COPY … FROM STDIN`,
-//! MySQL and SQLite through multi-row `INSERT`s whose values are rendered as literals that are
-//! safe in any SQL mode (text as hex on MySQL, quotes doubled on SQLite). Upserts use each
+//! SQLite through multi-row `INSERT`s whose values are rendered as literals (quotes doubled);
+//! MySQL binds values to prepared statements (in its module). Upserts use each
 //! engine's own form (`ON CONFLICT … DO UPDATE`, `ON DUPLICATE KEY UPDATE`).
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -54,17 +54,17 @@ impl WriteTarget {
 pub enum ValueStyle {
     /// PostgreSQL `COPY` text format: tab-separated, `\N` for NULL, backslash escapes.
     PgCopy,
-    /// A MySQL literal.
-    Mysql,
     /// A SQLite literal.
     Sqlite,
 }
 
-fn format_options(style: ValueStyle) -> FormatOptions<'static> {
-    let tz = match style {
-        ValueStyle::PgCopy => "%Y-%m-%d %H:%M:%S%.f%:z",
-        // Neither has a zoned type: instants are written in UTC (the type map says so).
-        ValueStyle::Mysql | ValueStyle::Sqlite => "%Y-%m-%d %H:%M:%S%.f",
+/// How values are formatted as text; `zoned` keeps a timestamp's offset, otherwise instants are
+/// written as UTC wall-clock time (MySQL and SQLite have no zoned type; the type map says so).
+pub(crate) fn format_options(zoned: bool) -> FormatOptions<'static> {
+    let tz = if zoned {
+        "%Y-%m-%d %H:%M:%S%.f%:z"
+    } else {
+        "%Y-%m-%d %H:%M:%S%.f"
     };
     FormatOptions::default()
         .with_display_error(false)
@@ -84,17 +84,14 @@ pub struct RowRenderer<'a> {
 }
 
 static PG_OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
-    std::sync::LazyLock::new(|| format_options(ValueStyle::PgCopy));
-static MYSQL_OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
-    std::sync::LazyLock::new(|| format_options(ValueStyle::Mysql));
+    std::sync::LazyLock::new(|| format_options(true));
 static SQLITE_OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
-    std::sync::LazyLock::new(|| format_options(ValueStyle::Sqlite));
+    std::sync::LazyLock::new(|| format_options(false));
 
 impl<'a> RowRenderer<'a> {
     pub fn new(batch: &'a RecordBatch, style: ValueStyle, names: &[String]) -> Result<Self> {
         let options: &'static FormatOptions<'static> = match style {
             ValueStyle::PgCopy => &PG_OPTIONS,
-            ValueStyle::Mysql => &MYSQL_OPTIONS,
             ValueStyle::Sqlite => &SQLITE_OPTIONS,
         };
         let formatters = batch
@@ -135,7 +132,7 @@ impl<'a> RowRenderer<'a> {
                 let bytes = binary_value(array.as_ref(), row);
                 match self.style {
                     ValueStyle::PgCopy => out.push_str("\\\\x"),
-                    ValueStyle::Mysql | ValueStyle::Sqlite => out.push_str("X'"),
+                    ValueStyle::Sqlite => out.push_str("X'"),
                 }
                 for b in bytes {
                     let _ = write!(out, "{b:02x}");
@@ -159,12 +156,7 @@ impl<'a> RowRenderer<'a> {
                 if !finite && self.style != ValueStyle::PgCopy {
                     return Err(Error::InvalidInput(format!(
                         "column \"{}\" holds {text}, which {} cannot store; filter or convert it in the source query",
-                        self.names[col],
-                        if self.style == ValueStyle::Mysql {
-                            "MySQL"
-                        } else {
-                            "SQLite"
-                        }
+                        self.names[col], "SQLite"
                     )));
                 }
                 out.push_str(&text);
@@ -198,19 +190,6 @@ impl<'a> RowRenderer<'a> {
                         '\r' => out.push_str("\\r"),
                         c => out.push(c),
                     }
-                }
-            }
-            ValueStyle::Mysql => {
-                // Hex literals mean the same under every sql_mode (backslash escapes do not).
-                use std::fmt::Write;
-                if text.is_empty() {
-                    out.push_str("''");
-                } else {
-                    out.push_str("_utf8mb4 X'");
-                    for b in text.as_bytes() {
-                        let _ = write!(out, "{b:02x}");
-                    }
-                    out.push('\'');
                 }
             }
             ValueStyle::Sqlite => {
@@ -256,7 +235,6 @@ pub fn insert_statements(
     max_bytes: usize,
 ) -> Result<Vec<String>> {
     let style = match engine {
-        Engine::Mysql => ValueStyle::Mysql,
         Engine::Sqlite => ValueStyle::Sqlite,
         other => {
             return Err(Error::Unsupported(format!(
@@ -387,15 +365,8 @@ mod tests {
     }
 
     #[test]
-    fn literals_are_safe_per_engine() {
+    fn sqlite_literals_are_safe() {
         let one = batch().slice(0, 1);
-        let mysql = insert_statements(Engine::Mysql, &target(true), &one, 1 << 20).unwrap();
-        assert_eq!(
-            mysql,
-            [
-                "INSERT INTO `t` (`id`, `name`, `ok`, `raw`, `x`) VALUES (1, _utf8mb4 X'6127625c0963', 1, X'00ff', 1.5) ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `ok` = VALUES(`ok`), `raw` = VALUES(`raw`), `x` = VALUES(`x`)"
-            ]
-        );
         let sqlite = insert_statements(Engine::Sqlite, &target(false), &one, 1 << 20).unwrap();
         assert_eq!(
             sqlite,
@@ -403,8 +374,15 @@ mod tests {
                 "INSERT INTO \"t\" (\"id\", \"name\", \"ok\", \"raw\", \"x\") VALUES (1, 'a''b\\\tc', 1, X'00ff', 1.5)"
             ]
         );
-        let err = insert_statements(Engine::Mysql, &target(false), &batch(), 1 << 20).unwrap_err();
+        let upsert = insert_statements(Engine::Sqlite, &target(true), &one, 1 << 20).unwrap();
+        assert!(upsert[0].ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = excluded.\"name\", \"ok\" = excluded.\"ok\", \"raw\" = excluded.\"raw\", \"x\" = excluded.\"x\""), "{}", upsert[0]);
+        let err = insert_statements(Engine::Sqlite, &target(false), &batch(), 1 << 20).unwrap_err();
         assert!(err.message().contains("column \"x\" holds NaN"), "{err}");
+        assert!(insert_statements(Engine::Mysql, &target(false), &one, 1 << 20).is_err());
+        assert_eq!(
+            upsert_clause(Engine::Mysql, &target(true)),
+            " ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `ok` = VALUES(`ok`), `raw` = VALUES(`raw`), `x` = VALUES(`x`)"
+        );
     }
 
     #[test]
@@ -429,21 +407,6 @@ mod tests {
         assert_eq!(
             sql,
             ["INSERT INTO \"t\" (\"big\") VALUES ('12345678901234567890.0123456789')"]
-        );
-        let mysql = insert_statements(
-            Engine::Mysql,
-            &WriteTarget {
-                upsert_keys: None,
-                ..t
-            },
-            &b,
-            1 << 20,
-        )
-        .unwrap();
-        assert!(
-            mysql[0].ends_with("VALUES (12345678901234567890.0123456789)"),
-            "{}",
-            mysql[0]
         );
     }
 

@@ -176,6 +176,55 @@ impl Connection for RedisConnection {
         Arc::new(NoCancel)
     }
 
+    /// Writes each row as a hash: the key from `target.table` as a template (`order:{order_id}`),
+    /// one field per non-NULL column, in one pipeline per batch.
+    async fn write(
+        &mut self,
+        target: &crate::WriteTarget,
+        mut batches: crate::BatchStream<'_>,
+    ) -> Result<u64> {
+        use futures::StreamExt;
+        let template = KeyTemplate::parse(&target.table, &target.columns)?;
+        let options = crate::write::format_options(false);
+        let mut written = 0;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            let pipe = {
+                let formatters = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        Error::Unsupported(format!("cannot write this column type: {e}"))
+                    })?;
+                let mut pipe = redis::pipe();
+                for row in 0..batch.num_rows() {
+                    let value = |i: usize| {
+                        (!batch.column(i).is_null(row))
+                            .then(|| formatters[i].value(row).to_string())
+                    };
+                    let key = template.render(&value)?;
+                    let fields: Vec<(String, String)> = target
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, name)| value(i).map(|v| (name.clone(), v)))
+                        .collect();
+                    if !fields.is_empty() {
+                        pipe.cmd("HSET").arg(&key).arg(fields).ignore();
+                    }
+                }
+                pipe
+            };
+            pipe.query_async::<()>(&mut self.conn)
+                .await
+                .map_err(command_error)?;
+            written += batch.num_rows() as u64;
+        }
+        Ok(written)
+    }
+
     async fn databases(&mut self) -> Result<Vec<String>> {
         let count = match self
             .command(&["CONFIG".into(), "GET".into(), "databases".into()])
@@ -312,6 +361,52 @@ impl Connection for RedisConnection {
 
     fn engine(&self) -> Engine {
         Engine::Redis
+    }
+}
+
+/// A key template such as `order:{order_id}`: text with column names in braces.
+pub struct KeyTemplate {
+    parts: Vec<(String, Option<usize>)>,
+}
+
+impl KeyTemplate {
+    pub fn parse(template: &str, columns: &[String]) -> Result<Self> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unclosed {{ in the Redis key template {template:?}"
+                ))
+            })?;
+            let name = &rest[open + 1..close];
+            let index = columns.iter().position(|c| c == name).ok_or_else(|| {
+                Error::InvalidInput(format!("the Redis key template {template:?} names {name:?}, which is not a source column"))
+            })?;
+            parts.push((rest[..open].to_string(), Some(index)));
+            rest = &rest[close + 1..];
+        }
+        parts.push((rest.to_string(), None));
+        if parts.iter().all(|(_, c)| c.is_none()) {
+            return Err(Error::InvalidInput(format!(
+                "a Redis target is a key template with at least one column, such as order:{{order_id}}, not {template:?}"
+            )));
+        }
+        Ok(KeyTemplate { parts })
+    }
+
+    /// The key for a row; a NULL key column is an error.
+    pub fn render(&self, value: &dyn Fn(usize) -> Option<String>) -> Result<String> {
+        let mut key = String::new();
+        for (text, column) in &self.parts {
+            key.push_str(text);
+            if let Some(i) = column {
+                key.push_str(&value(*i).ok_or_else(|| {
+                    Error::InvalidInput("a Redis key column is NULL in a source row".into())
+                })?);
+            }
+        }
+        Ok(key)
     }
 }
 
@@ -496,6 +591,18 @@ mod tests {
                 .message()
                 .contains("unbalanced")
         );
+    }
+
+    #[test]
+    fn key_templates_render_and_refuse_bad_input() {
+        let cols = vec!["id".to_string(), "region".to_string()];
+        let t = KeyTemplate::parse("order:{region}:{id}", &cols).unwrap();
+        let values = |i: usize| Some(["42", "eu"][i].to_string());
+        assert_eq!(t.render(&values).unwrap(), "order:eu:42");
+        assert!(KeyTemplate::parse("plain", &cols).is_err());
+        assert!(KeyTemplate::parse("x:{missing}", &cols).is_err());
+        assert!(KeyTemplate::parse("x:{id", &cols).is_err());
+        assert!(t.render(&|_| None).is_err());
     }
 
     #[test]

@@ -73,12 +73,6 @@ pub async fn run_transfer(
 ) -> Result<TransferReport> {
     spec.validate()?;
     let started = Instant::now();
-    let target_engine = target_pool.connector().engine();
-    if target_engine == Engine::Redis {
-        return Err(Error::Unsupported(
-            "Redis is not a transfer target yet".into(),
-        ));
-    }
     let Some(source_pool) = source_pool else {
         // Files: no source connection, no incremental range.
         let mut target = target_pool
@@ -285,14 +279,17 @@ async fn transfer(
     tracing::info!(source = %spec.source.display(), target = %spec.target.display(), mode = ?spec.mode, "transfer started");
 
     // The target first: it must exist (or be created) with compatible columns before rows flow.
-    let target_detail = match target
-        .conn()
-        .table(spec.target.schema.as_deref(), &spec.target.table)
-        .await
-    {
-        Ok(d) => Some(d),
-        Err(Error::NotFound(_)) => None,
-        Err(e) => return Err(e),
+    let target_detail = match target_engine {
+        Engine::Redis => None,
+        _ => match target
+            .conn()
+            .table(spec.target.schema.as_deref(), &spec.target.table)
+            .await
+        {
+            Ok(d) => Some(d),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        },
     };
     // Reading (and parsing, casting, checksumming) runs in a task of its own, beside the writer.
     let reader = match source {
@@ -309,6 +306,13 @@ async fn transfer(
         None => SourceReader::files(&spec.source, progress.clone()).await?,
     };
     let schema = reader.schema.clone();
+    if target_engine == Engine::Redis {
+        let report = write_redis(spec, reader, target, &progress, started).await?;
+        if let Some((_, high)) = &range {
+            watermarks.set(&spec.watermark_key(), high).await?;
+        }
+        return Ok(TransferReport { range, ..report });
+    }
     let mut created_table = false;
     let columns = match &target_detail {
         Some(detail) => check_target(&schema, detail, spec.allow_lossy)?,
@@ -468,6 +472,46 @@ async fn transfer(
         verified: target_checksum.is_some(),
         source_checksum: Some(source_checksum),
         target_checksum,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Writes rows as Redis hashes under keys made from the target's key template. HSET replaces the
+/// fields it writes, so every mode upserts; keys the source lacks are left alone.
+async fn write_redis(
+    spec: &TransferSpec,
+    reader: SourceReader,
+    target: &mut Lease,
+    progress: &Progress,
+    started: Instant,
+) -> Result<TransferReport> {
+    let columns: Vec<String> = reader
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    ferry_connect::redis::KeyTemplate::parse(&spec.target.table, &columns)?;
+    let write_target = WriteTarget {
+        schema: None,
+        table: spec.target.table.clone(),
+        columns,
+        upsert_keys: None,
+    };
+    let written = write(reader.rows, target, &write_target, progress).await;
+    let checksum = reader
+        .task
+        .await
+        .map_err(|e| Error::Internal(format!("the source reader stopped: {e}")))??;
+    let rows = written?;
+    tracing::info!(target = %spec.target.display(), rows, "transfer into Redis finished");
+    Ok(TransferReport {
+        rows,
+        created_table: false,
+        range: None,
+        source_checksum: Some(checksum),
+        target_checksum: None,
+        verified: false,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }

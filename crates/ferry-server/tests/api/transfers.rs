@@ -545,3 +545,49 @@ async fn mysql_types_land_in_postgres_and_exotic_postgres_types_in_mysql() {
         "the refused copy rolled back"
     );
 }
+
+#[tokio::test]
+async fn rows_become_redis_hashes_under_a_key_template() {
+    let server = TestServer::start_with(|c| c.demo = true).await;
+    let Some(url) = ferry_testkit::redis() else {
+        return;
+    };
+    server
+        .add_instance("rd", &url.replace("/0", "/5"), Value::Null)
+        .await;
+    let prefix = format!("ferry-test-{}", std::process::id());
+    let template = format!("{prefix}:product:{{product_id}}");
+    let out = transfer(&server, json!({ "source": { "table": table("demo", "products") }, "target": table("rd", &template) })).await;
+    assert_eq!(succeeded(&out)["rows"], 50, "{out}");
+    let hash = server
+        .rows("rd", &format!("HGETALL {prefix}:product:7"))
+        .await;
+    let expected = server
+        .rows(
+            "demo",
+            "select product_name, category from products where product_id = 7",
+        )
+        .await;
+    let field = |name: &str| {
+        hash.iter()
+            .find(|r| r["field"] == name)
+            .map(|r| r["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(field("product_name"), expected[0]["product_name"]);
+    assert_eq!(field("category"), expected[0]["category"]);
+    assert_eq!(field("product_id"), "7");
+    let bad = transfer(&server, json!({ "source": { "table": table("demo", "products") }, "target": table("rd", "no-template") })).await;
+    assert!(
+        bad["error"].as_str().unwrap().contains("key template"),
+        "{bad}"
+    );
+    let bad = transfer(&server, json!({ "source": { "table": table("demo", "products") }, "target": table("rd", "p:{nope}") })).await;
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"nope\", which is not a source column"),
+        "{bad}"
+    );
+}

@@ -103,6 +103,8 @@ pub struct TransferRecord {
     pub error: Option<String>,
     pub rows_read: i64,
     pub rows_written: i64,
+    /// The source's row estimate, when known.
+    pub rows_expected: Option<i64>,
     /// The report of a finished transfer as JSON.
     pub report: Option<String>,
     pub created_at_ms: i64,

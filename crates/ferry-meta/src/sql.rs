@@ -83,6 +83,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         created_at_ms bigint not null
     )",
     ),
+    (4, "alter table transfers add column rows_expected bigint"),
 ];
 
 /// The metadata store on SQLite or PostgreSQL.
@@ -443,7 +444,7 @@ impl QueryRepo for SqlStore {
     }
 }
 
-const TRANSFER_COLUMNS: &str = "id, spec, status, error, rows_read, rows_written, report, created_at_ms, started_at_ms, finished_at_ms";
+const TRANSFER_COLUMNS: &str = "id, spec, status, error, rows_read, rows_written, report, created_at_ms, started_at_ms, finished_at_ms, rows_expected";
 
 fn transfer_from(row: &AnyRow) -> Result<TransferRecord> {
     Ok(TransferRecord {
@@ -457,6 +458,7 @@ fn transfer_from(row: &AnyRow) -> Result<TransferRecord> {
         created_at_ms: row.try_get("created_at_ms").map_err(store_error)?,
         started_at_ms: row.try_get("started_at_ms").map_err(store_error)?,
         finished_at_ms: row.try_get("finished_at_ms").map_err(store_error)?,
+        rows_expected: row.try_get("rows_expected").map_err(store_error)?,
     })
 }
 
@@ -464,7 +466,7 @@ fn transfer_from(row: &AnyRow) -> Result<TransferRecord> {
 impl TransferRepo for SqlStore {
     async fn insert_transfer(&self, r: &TransferRecord) -> Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "insert into transfers ({TRANSFER_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "insert into transfers ({TRANSFER_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
         .bind(&r.id)
         .bind(&r.spec)
@@ -476,6 +478,7 @@ impl TransferRepo for SqlStore {
         .bind(r.created_at_ms)
         .bind(r.started_at_ms)
         .bind(r.finished_at_ms)
+        .bind(r.rows_expected)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
@@ -485,7 +488,7 @@ impl TransferRepo for SqlStore {
     async fn update_transfer(&self, r: &TransferRecord) -> Result<()> {
         sqlx::query(
             "update transfers set status = $2, error = $3, rows_read = $4, rows_written = $5, report = $6, \
-             started_at_ms = $7, finished_at_ms = $8 where id = $1",
+             started_at_ms = $7, finished_at_ms = $8, rows_expected = $9 where id = $1",
         )
         .bind(&r.id)
         .bind(&r.status)
@@ -495,6 +498,7 @@ impl TransferRepo for SqlStore {
         .bind(r.report.clone())
         .bind(r.started_at_ms)
         .bind(r.finished_at_ms)
+        .bind(r.rows_expected)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;

@@ -126,6 +126,7 @@ async fn suite(store: &dyn MetaStore) {
         error: None,
         rows_read: 0,
         rows_written: 0,
+        rows_expected: Some(10),
         report: None,
         created_at_ms: now_ms(),
         started_at_ms: Some(now_ms()),

@@ -37,6 +37,8 @@ pub trait WatermarkStore: Send + Sync {
 pub struct Progress {
     pub rows_read: AtomicU64,
     pub rows_written: AtomicU64,
+    /// The source's row estimate, when the catalog has one (0 when unknown).
+    pub rows_expected: AtomicU64,
 }
 
 /// What a finished transfer did.
@@ -121,6 +123,22 @@ pub async fn run_transfer(
         ),
         SourceSpec::Query { .. } | SourceSpec::Files { .. } => None,
     };
+
+    if let (SourceSpec::Table(e), Some(_), Mode::Replace | Mode::Append | Mode::Upsert) =
+        (&spec.source, &source_detail, spec.mode)
+        && spec.filter.is_none()
+    {
+        // The catalog's estimate lets the CLI show how far along the copy is.
+        let tables = source.conn().tables().await.unwrap_or_default();
+        let estimate = tables
+            .iter()
+            .find(|t| t.name == e.table && (e.schema.is_none() || t.schema == e.schema))
+            .and_then(|t| t.row_estimate)
+            .filter(|n| *n > 0);
+        if let Some(n) = estimate {
+            progress.rows_expected.store(n as u64, Ordering::Relaxed);
+        }
+    }
 
     // Incremental: the range (last watermark, current maximum].
     if spec.mode == Mode::Incremental {

@@ -46,6 +46,8 @@ pub struct TransferDto {
     pub error: Option<String>,
     pub rows_read: i64,
     pub rows_written: i64,
+    /// The source's row estimate, when the catalog has one.
+    pub rows_expected: Option<i64>,
     #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,
     pub created_at_ms: i64,
@@ -73,6 +75,7 @@ impl From<TransferRecord> for TransferDto {
             error: r.error,
             rows_read: r.rows_read,
             rows_written: r.rows_written,
+            rows_expected: r.rows_expected,
             created_at_ms: r.created_at_ms,
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
@@ -155,6 +158,7 @@ where
         error: None,
         rows_read: 0,
         rows_written: 0,
+        rows_expected: None,
         report: None,
         created_at_ms: now_ms(),
         started_at_ms: Some(now_ms()),
@@ -181,6 +185,10 @@ where
                         .rows_written
                         .load(std::sync::atomic::Ordering::Relaxed)
                         as i64;
+                    let expected = progress
+                        .rows_expected
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    rec.rows_expected = (expected > 0).then_some(expected as i64);
                     let _ = state.meta.update_transfer(&rec).await;
                 }
             })
@@ -193,6 +201,10 @@ where
         task_rec.rows_written = progress
             .rows_written
             .load(std::sync::atomic::Ordering::Relaxed) as i64;
+        let expected = progress
+            .rows_expected
+            .load(std::sync::atomic::Ordering::Relaxed);
+        task_rec.rows_expected = (expected > 0).then_some(expected as i64);
         task_rec.finished_at_ms = Some(now_ms());
         match outcome {
             Ok((rows, report)) => {

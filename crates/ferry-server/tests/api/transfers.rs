@@ -258,6 +258,10 @@ async fn the_demo_orders_copy_into_postgres() {
     let out = transfer(&server, json!({ "source": { "table": table("demo", "orders") }, "target": table("pg", "orders"), "create": true })).await;
     let report = succeeded(&out);
     assert_eq!(
+        out["rows_expected"], 120_000,
+        "SQLite's catalog counts rows exactly: {out}"
+    );
+    assert_eq!(
         (report["rows"].as_u64(), report["verified"].as_bool()),
         (Some(120_000), Some(true))
     );

@@ -202,6 +202,13 @@ struct CopyArgs {
     /// Read the source over N connections, split by its integer primary key.
     #[arg(long)]
     parallel: Option<u32>,
+    /// Commit in chunks of the primary key with checkpoints, so running the same copy again after
+    /// a failure continues where it stopped.
+    #[arg(long)]
+    resumable: bool,
+    /// Rows per chunk with --resumable.
+    #[arg(long, requires = "resumable")]
+    chunk_rows: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -927,6 +934,8 @@ async fn copy(client: &Client, out: Output, args: CopyArgs) -> anyhow::Result<()
         "where": args.filter,
         "verify": !args.no_verify,
         "parallel": args.parallel,
+        "resumable": args.resumable,
+        "chunk_rows": args.chunk_rows,
     });
     let started = client.post("/api/v1/transfers", &spec).await?;
     let id = started["id"].as_str().unwrap_or_default().to_string();

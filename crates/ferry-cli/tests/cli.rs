@@ -489,3 +489,119 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
     ]);
     s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
 }
+
+#[test]
+fn a_resumable_copy_continues_after_a_kill() {
+    let (Some(pg), Some(my)) = (ferry_testkit::postgres(), ferry_testkit::mysql()) else {
+        return;
+    };
+    let mut s = Served::start();
+    let db = format!("ferry_t_resume_{}", std::process::id());
+    s.ok(&["instance", "add", "pgadmin", &pg]);
+    s.ok(&["instance", "add", "myadmin", &my]);
+    s.ok(&["sql", "pgadmin", &format!("drop database if exists {db}")]);
+    s.ok(&["sql", "pgadmin", &format!("create database {db}")]);
+    s.ok(&[
+        "sql",
+        "myadmin",
+        &format!("drop database if exists {db}; create database {db}"),
+    ]);
+    s.ok(&[
+        "instance",
+        "add",
+        "src",
+        &format!("{}/{db}", pg.rsplit_once('/').unwrap().0),
+    ]);
+    s.ok(&[
+        "instance",
+        "add",
+        "dst",
+        &format!("{}/{db}", my.rsplit_once('/').unwrap().0),
+    ]);
+    s.ok(&["sql", "src", "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 300000) g; alter table events add primary key (id)"]);
+    let args = [
+        "copy",
+        "src:public.events",
+        "dst:events",
+        "--create",
+        "--resumable",
+        "--chunk-rows",
+        "30000",
+    ];
+    let id = s
+        .ok(&[&args[..], &["--detach"]].concat())
+        .trim()
+        .to_string();
+    // Kill once some chunks are committed, and before the copy can end.
+    let seen = wait_transfer(&s, &id, "chunks to commit", |v| {
+        v["rows_written"].as_i64().unwrap_or(0) >= 90_000 || v["status"] != "running"
+    });
+    s.kill_and_restart();
+    let after = wait_transfer(&s, &id, "the restarted server to mark the copy", |v| {
+        v["status"] != "running"
+    });
+    let kept: i64 = s
+        .ok(&[
+            "sql",
+            "dst",
+            "select count(*) as n from events",
+            "-o",
+            "csv",
+        ])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A copy the kill interrupted kept whole committed chunks; one that finished first kept all.
+    let expected_moved = if after["status"] == "failed" {
+        assert!(
+            kept >= 30_000 && kept % 30_000 == 0 && kept < 300_000,
+            "committed chunks stay: {kept} rows ({seen})"
+        );
+        300_000 - kept
+    } else {
+        300_000
+    };
+    let done = s.ok(&args);
+    assert!(done.contains("verified: 300000 rows"), "{done}");
+    let moved: i64 = done
+        .split("copied ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        moved, expected_moved,
+        "the second run moved only what the first had not committed: {done}"
+    );
+    let counts = s.ok(&[
+        "sql",
+        "dst",
+        "select count(*) as n, count(distinct id) as d from events",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(counts.lines().nth(1), Some("300000,300000"), "{counts}");
+    let checkpoints = s.ok(&[
+        "sql",
+        "dst",
+        "select count(*) as n from ferry_checkpoints",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(
+        checkpoints.lines().nth(1),
+        Some("0"),
+        "checkpoints are cleared when the copy completes"
+    );
+    s.ok(&[
+        "sql",
+        "pgadmin",
+        &format!("drop database {db} with (force)"),
+    ]);
+    s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
+}

@@ -126,6 +126,13 @@ pub struct TransferSpec {
     /// key (within the instance's connection cap).
     #[serde(default)]
     pub parallel: Option<u32>,
+    /// Commit in chunks of the integer primary key, each with a checkpoint in the target, so a
+    /// copy stopped at any point continues where it was when run again (replace and append).
+    #[serde(default)]
+    pub resumable: bool,
+    /// Rows per chunk of a resumable copy (default 100,000).
+    #[serde(default)]
+    pub chunk_rows: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -176,6 +183,16 @@ impl TransferSpec {
             return Err(Error::InvalidInput(format!(
                 "--parallel takes 1 to 64 connections, not {p}"
             )));
+        }
+        if self.resumable && !matches!(self.mode, Mode::Replace | Mode::Append) {
+            return Err(Error::InvalidInput(
+                "--resumable goes with replace or append mode".into(),
+            ));
+        }
+        if self.resumable && !matches!(self.source, SourceSpec::Table(_)) {
+            return Err(Error::InvalidInput(
+                "--resumable needs a source table (chunks follow its primary key)".into(),
+            ));
         }
         if self.target.table.trim().is_empty() {
             return Err(Error::InvalidInput("the target table name is empty".into()));
@@ -396,6 +413,8 @@ mod tests {
             filter: filter.map(str::to_string),
             verify: true,
             parallel: None,
+            resumable: false,
+            chunk_rows: None,
         }
     }
 
@@ -457,6 +476,25 @@ mod tests {
                 .unwrap_err()
                 .message()
                 .contains("same table")
+        );
+        let resumable_upsert = TransferSpec {
+            resumable: true,
+            ..spec(Mode::Upsert, None, None)
+        };
+        assert!(
+            resumable_upsert
+                .validate()
+                .unwrap_err()
+                .message()
+                .contains("replace or append")
+        );
+        assert!(
+            TransferSpec {
+                resumable: true,
+                ..spec(Mode::Replace, None, None)
+            }
+            .validate()
+            .is_ok()
         );
         let json = serde_json::to_string(&spec(Mode::Upsert, None, None)).unwrap();
         assert_eq!(

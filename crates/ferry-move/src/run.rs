@@ -310,7 +310,23 @@ async fn transfer(
         },
     };
     // Reading (and parsing, casting, checksumming) runs in a task of its own, beside the writer.
+    let mut resume: Option<ResumePlan> = None;
     let reader = match source {
+        Some(mut lease) if spec.resumable => {
+            let plan =
+                ResumePlan::make(spec, &mut lease, target, &sql, source_detail.as_ref()).await?;
+            let first = plan
+                .pending
+                .first()
+                .map(|c| plan.chunk_sql(&sql, c))
+                .unwrap_or_else(|| plan.chunk_sql(&sql, &(0, 0)));
+            let pool = lease.pool().clone();
+            resume = Some(ResumePlan {
+                pool: Some(pool),
+                ..plan
+            });
+            SourceReader::start(lease, vec![first], source_detail.clone(), progress.clone()).await?
+        }
         Some(mut lease) => {
             let sqls = split_by_key(
                 &mut lease,
@@ -409,6 +425,23 @@ async fn transfer(
             None => format!("{by} <= {high}"),
         })
     };
+
+    if let Some(plan) = resume {
+        return run_chunks(
+            spec,
+            plan,
+            reader,
+            target,
+            &write_target,
+            &schema,
+            &sql,
+            source_detail,
+            created_table,
+            progress,
+            started,
+        )
+        .await;
+    }
 
     // One transaction on the target: clear, write, commit.
     target.conn().run(begin_sql(target_engine)).await?;
@@ -669,6 +702,272 @@ async fn read_partition(
         }
     }
     Ok(checksum)
+}
+
+/// The chunks of a resumable copy: ranges of the integer key, those already committed (with a
+/// checkpoint row in the target's `ferry_checkpoints`) skipped.
+struct ResumePlan {
+    key: String,
+    quoted_key: String,
+    checkpoint_id: String,
+    checkpoints: String,
+    pending: Vec<(i128, i128)>,
+    fresh: bool,
+    pool: Option<Arc<InstancePool>>,
+}
+
+fn string_literal(engine: Engine, s: &str) -> String {
+    let s = s.replace('\'', "''");
+    let s = if engine == Engine::Mysql {
+        s.replace('\\', "\\\\")
+    } else {
+        s
+    };
+    format!("'{s}'")
+}
+
+impl ResumePlan {
+    async fn make(
+        spec: &TransferSpec,
+        source: &mut Lease,
+        target: &mut Lease,
+        sql: &str,
+        detail: Option<&TableDetail>,
+    ) -> Result<ResumePlan> {
+        let source_engine = source.pool().connector().engine();
+        let target_engine = target.pool().connector().engine();
+        let key = detail
+            .filter(|d| d.primary_key.len() == 1)
+            .and_then(|d| {
+                let k = &d.primary_key[0];
+                let c = d.columns.iter().find(|c| &c.name == k)?;
+                matches!(c.arrow_type.as_str(), "Int16" | "Int32" | "Int64").then(|| k.clone())
+            })
+            .ok_or_else(|| {
+                Error::InvalidInput(
+                    "--resumable needs a source table with a single integer primary key".into(),
+                )
+            })?;
+        let quoted_key = quote_ident(source_engine, &key);
+        let bounds = query_strings(
+            source.conn(),
+            &format!(
+                "SELECT min({quoted_key}), max({quoted_key}), count(*) FROM ({sql}) AS ferry_bounds"
+            ),
+        )
+        .await?;
+        let get = |i: usize| {
+            bounds
+                .first()
+                .and_then(|r| r.get(i).cloned().flatten())
+                .and_then(|v| v.parse::<i128>().ok())
+        };
+        let chunk_rows = spec.chunk_rows.unwrap_or(100_000).max(1) as i128;
+        let mut chunks = Vec::new();
+        if let (Some(low), Some(high), Some(count)) = (get(0), get(1), get(2)) {
+            let n = ((count + chunk_rows - 1) / chunk_rows).max(1);
+            let span = high - low + 1;
+            for i in 0..n {
+                chunks.push((low + span * i / n, low + span * (i + 1) / n));
+            }
+        }
+        let checkpoints = qualified_table(
+            target_engine,
+            spec.target.schema.as_deref(),
+            "ferry_checkpoints",
+        );
+        let id_type = if target_engine == Engine::Mysql {
+            "varchar(255)"
+        } else {
+            "text"
+        };
+        target
+            .conn()
+            .run(&format!(
+                "CREATE TABLE IF NOT EXISTS {checkpoints} (transfer {id_type} NOT NULL, chunk_low bigint NOT NULL, PRIMARY KEY (transfer, chunk_low))"
+            ))
+            .await
+            .map_err(|e| e.context("creating the checkpoint table ferry_checkpoints"))?;
+        let checkpoint_id = format!("{} -> {}", spec.source.display(), spec.target.display());
+        let done: Vec<i128> = query_strings(
+            target.conn(),
+            &format!(
+                "SELECT chunk_low FROM {checkpoints} WHERE transfer = {}",
+                string_literal(target_engine, &checkpoint_id)
+            ),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten()?.parse().ok())
+        .collect();
+        let fresh = done.is_empty();
+        let pending = chunks
+            .into_iter()
+            .filter(|(lo, _)| !done.contains(lo))
+            .collect();
+        Ok(ResumePlan {
+            key,
+            quoted_key,
+            checkpoint_id,
+            checkpoints,
+            pending,
+            fresh,
+            pool: None,
+        })
+    }
+
+    fn chunk_sql(&self, sql: &str, (lo, hi): &(i128, i128)) -> String {
+        format!(
+            "SELECT * FROM ({sql}) AS ferry_chunk WHERE {k} >= {lo} AND {k} < {hi}",
+            k = self.quoted_key
+        )
+    }
+}
+
+/// Runs the pending chunks of a resumable copy, each in its own transaction with its checkpoint,
+/// then clears the checkpoints and compares whole-table checksums.
+#[allow(clippy::too_many_arguments)]
+async fn run_chunks(
+    spec: &TransferSpec,
+    plan: ResumePlan,
+    first: SourceReader,
+    target: &mut Lease,
+    write_target: &WriteTarget,
+    schema: &SchemaRef,
+    sql: &str,
+    detail: Option<TableDetail>,
+    created_table: bool,
+    progress: Arc<Progress>,
+    started: Instant,
+) -> Result<TransferReport> {
+    let engine = target.pool().connector().engine();
+    let qualified = qualified_table(engine, spec.target.schema.as_deref(), &spec.target.table);
+    let id = string_literal(engine, &plan.checkpoint_id);
+    if plan.fresh && spec.mode == Mode::Replace {
+        let clear = match engine {
+            Engine::Postgres => format!("TRUNCATE {qualified}"),
+            _ => format!("DELETE FROM {qualified}"),
+        };
+        target.conn().run(&clear).await?;
+    }
+    let pool = plan
+        .pool
+        .clone()
+        .ok_or_else(|| Error::Internal("a resume plan without its pool".into()))?;
+    let mut rows = 0u64;
+    let mut first = Some(first);
+    for (lo, hi) in &plan.pending {
+        let reader = match first.take() {
+            Some(r) => r,
+            None => {
+                let lease = pool
+                    .acquire(
+                        Feature::AsyncQuery,
+                        spec.source.database(),
+                        "transfer source",
+                    )
+                    .await?;
+                SourceReader::start(
+                    lease,
+                    vec![plan.chunk_sql(sql, &(*lo, *hi))],
+                    detail.clone(),
+                    progress.clone(),
+                )
+                .await?
+            }
+        };
+        target.conn().run(begin_sql(engine)).await?;
+        let outcome: Result<u64> = async {
+            // A chunk that failed before its commit left nothing behind: chunks are transactional.
+            let written = write(reader.rows, target, write_target, &progress).await;
+            reader
+                .task
+                .await
+                .map_err(|e| Error::Internal(format!("a source reader stopped: {e}")))??;
+            let written = written?;
+            target
+                .conn()
+                .run(&format!(
+                    "INSERT INTO {} (transfer, chunk_low) VALUES ({id}, {lo})",
+                    plan.checkpoints
+                ))
+                .await?;
+            Ok(written)
+        }
+        .await;
+        match outcome {
+            Ok(n) => {
+                target.conn().run("COMMIT").await?;
+                rows += n;
+            }
+            Err(e) => {
+                let _ = target.conn().run("ROLLBACK").await;
+                target.close_on_release();
+                return Err(e.context(format!("chunk {lo}..{hi} of {}", plan.key)));
+            }
+        }
+    }
+    target
+        .conn()
+        .run(&format!(
+            "DELETE FROM {} WHERE transfer = {id}",
+            plan.checkpoints
+        ))
+        .await?;
+    // Verification reads both whole tables: chunks committed by an earlier run are part of the result.
+    let mut source_checksum = None;
+    let mut target_checksum = None;
+    if spec.verify && spec.mode == Mode::Replace {
+        let lease = pool
+            .acquire(
+                Feature::AsyncQuery,
+                spec.source.database(),
+                "transfer verification",
+            )
+            .await?;
+        let reader = SourceReader::start(
+            lease,
+            vec![sql.to_string()],
+            detail,
+            Arc::new(Progress::default()),
+        )
+        .await?;
+        let mut rows_rx = reader.rows;
+        while rows_rx.recv().await.is_some() {}
+        let source = reader
+            .task
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let cols = write_target
+            .columns
+            .iter()
+            .map(|c| quote_ident(engine, c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (_, back) =
+            collect_checksum(target, &format!("SELECT {cols} FROM {qualified}"), schema).await?;
+        if back != source {
+            return Err(Error::Engine(format!(
+                "verification failed for {}: the source has {} rows (checksum {:016x}), the target {} (checksum {:016x})",
+                spec.target.display(),
+                source.rows,
+                source.sum,
+                back.rows,
+                back.sum
+            )));
+        }
+        source_checksum = Some(source);
+        target_checksum = Some(back);
+    }
+    Ok(TransferReport {
+        rows,
+        created_table,
+        range: None,
+        verified: target_checksum.is_some(),
+        source_checksum,
+        target_checksum,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Splits a table source into `parallel` statements by ranges of its integer primary key, or

@@ -247,8 +247,47 @@ impl Connection for PostgresConnection {
                 )
             })
             .collect();
+        let binary = statement
+            .columns()
+            .iter()
+            .all(|c| crate::pg_binary::readable(c.type_()));
         drop(statement);
-        if !columns.is_empty() && copyable(sql) {
+        if !columns.is_empty() && copyable(sql) && binary {
+            // Every column decodes from binary COPY: no text formatting on the server, no parsing here.
+            let statement = format!(
+                "COPY ({}) TO STDOUT (FORMAT binary)",
+                sql.trim().trim_end_matches(';')
+            );
+            match self.client.copy_out(&statement).await {
+                Ok(rows) => {
+                    let schema = unique_schema(columns);
+                    let mut decoder = crate::pg_binary::BinaryDecoder::new(schema.clone());
+                    let rows = rows.map(|r| r.map_err(statement_error));
+                    let batches =
+                        crate::batching::batches(rows, move |chunk: Option<bytes::Bytes>| {
+                            match chunk {
+                                Some(data) => match decoder.feed(&data) {
+                                    Err(e) => Some(Err(e)),
+                                    Ok(()) => {
+                                        (decoder.rows() >= BATCH_ROWS).then(|| decoder.finish())
+                                    }
+                                },
+                                None => (decoder.rows() > 0).then(|| decoder.finish()),
+                            }
+                        });
+                    return Ok(StatementOutput::Rows { schema, batches });
+                }
+                Err(e)
+                    if e.as_db_error().is_some_and(|db| {
+                        db.code() == &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+                            || db.code() == &tokio_postgres::error::SqlState::SYNTAX_ERROR
+                    }) =>
+                {
+                    tracing::debug!(error = %error_text(&e), "COPY refused the query; running it as a plain query");
+                }
+                Err(e) => return Err(statement_error(e)),
+            }
+        } else if !columns.is_empty() && copyable(sql) {
             // Queries stream through COPY: one message per row, no per-value decoding in the driver.
             match self
                 .client

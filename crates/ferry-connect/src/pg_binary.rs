@@ -221,114 +221,6 @@ fn numeric(unscaled: i128, scale: i8, out: &mut Vec<u8>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(unscaled: i128, scale: i8, expected: (i16, i16, u16, &[i16])) {
-        let mut out = Vec::new();
-        numeric(unscaled, scale, &mut out);
-        let word = |i: usize| i16::from_be_bytes([out[i], out[i + 1]]);
-        let (n, weight, sign, digits) = expected;
-        assert_eq!(
-            (word(0), word(2), word(4) as u16, word(6)),
-            (n, weight, sign, scale as i16),
-            "{unscaled} scale {scale}"
-        );
-        let got: Vec<i16> = (0..n as usize).map(|k| word(8 + 2 * k)).collect();
-        assert_eq!(got, digits, "{unscaled} scale {scale}");
-    }
-
-    #[test]
-    fn binary_copy_round_trips_whatever_the_chunking() {
-        use arrow::array::{
-            BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
-            TimestampMicrosecondArray,
-        };
-        use arrow::datatypes::{Field, Schema};
-        use std::sync::Arc;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new("ok", DataType::Boolean, true),
-            Field::new("x", DataType::Float64, true),
-            Field::new("name", DataType::Utf8, true),
-            Field::new("raw", DataType::Binary, true),
-            Field::new("day", DataType::Date32, true),
-            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(Int64Array::from(vec![Some(1), None, Some(-7)])),
-                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
-                Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(-0.5), None])),
-                Arc::new(StringArray::from(vec![Some("é🚀 "), Some(""), None])),
-                Arc::new(BinaryArray::from(vec![
-                    Some(&[0u8, 255][..]),
-                    Some(&[][..]),
-                    None,
-                ])),
-                Arc::new(Date32Array::from(vec![Some(20414), Some(-1), None])),
-                Arc::new(TimestampMicrosecondArray::from(vec![
-                    Some(1_795_000_000_000_000),
-                    Some(-1),
-                    None,
-                ])),
-            ],
-        )
-        .unwrap();
-        let types: Vec<DataType> = schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let mut wire = BytesMut::new();
-        wire.extend_from_slice(HEADER);
-        BinaryEncoder::new(types, names)
-            .encode(&batch, &mut wire)
-            .unwrap();
-        wire.extend_from_slice(TRAILER);
-        for chunk in [1, 3, 7, 64, wire.len()] {
-            let mut d = BinaryDecoder::new(schema.clone());
-            for piece in wire.chunks(chunk) {
-                d.feed(piece).unwrap();
-            }
-            assert_eq!(d.rows(), 3, "chunks of {chunk}");
-            let back = d.finish().unwrap();
-            // NaN != NaN: compare the NaN column by its bits, the rest directly.
-            assert_eq!(
-                back.column(2)
-                    .as_primitive::<Float64Type>()
-                    .value(0)
-                    .to_bits(),
-                f64::NAN.to_bits()
-            );
-            for i in [0, 1, 3, 4, 5, 6] {
-                assert_eq!(
-                    back.column(i),
-                    batch.column(i),
-                    "column {i}, chunks of {chunk}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn numerics_encode_in_base_10000() {
-        check(1250, 2, (2, 0, 0, &[12, 5000]));
-        check(0, 2, (0, 0, 0, &[]));
-        check(-1, 2, (1, -1, 0x4000, &[100]));
-        check(123_456_789, 0, (3, 2, 0, &[1, 2345, 6789]));
-        check(
-            123_456_789_012_345_678_900_123_456_789,
-            10,
-            (8, 4, 0, &[1234, 5678, 9012, 3456, 7890, 123, 4567, 8900]),
-        );
-        check(5, 10, (1, -3, 0, &[500]));
-    }
-}
-
 /// Whether a column type can be read from binary COPY into its Arrow type exactly. Numerics stay
 /// on the text path (NaN has no decimal form), as do types without a binary decoder here.
 pub fn readable(ty: &Type) -> bool {
@@ -553,4 +445,112 @@ fn append(col: &mut Column, v: Option<&[u8]>) -> Result<()> {
         (Column::Timestamp(b), None) => b.append_null(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(unscaled: i128, scale: i8, expected: (i16, i16, u16, &[i16])) {
+        let mut out = Vec::new();
+        numeric(unscaled, scale, &mut out);
+        let word = |i: usize| i16::from_be_bytes([out[i], out[i + 1]]);
+        let (n, weight, sign, digits) = expected;
+        assert_eq!(
+            (word(0), word(2), word(4) as u16, word(6)),
+            (n, weight, sign, scale as i16),
+            "{unscaled} scale {scale}"
+        );
+        let got: Vec<i16> = (0..n as usize).map(|k| word(8 + 2 * k)).collect();
+        assert_eq!(got, digits, "{unscaled} scale {scale}");
+    }
+
+    #[test]
+    fn binary_copy_round_trips_whatever_the_chunking() {
+        use arrow::array::{
+            BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
+            TimestampMicrosecondArray,
+        };
+        use arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("raw", DataType::Binary, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(-7)])),
+                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+                Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(-0.5), None])),
+                Arc::new(StringArray::from(vec![Some("é🚀 "), Some(""), None])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&[0u8, 255][..]),
+                    Some(&[][..]),
+                    None,
+                ])),
+                Arc::new(Date32Array::from(vec![Some(20414), Some(-1), None])),
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(1_795_000_000_000_000),
+                    Some(-1),
+                    None,
+                ])),
+            ],
+        )
+        .unwrap();
+        let types: Vec<DataType> = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(HEADER);
+        BinaryEncoder::new(types, names)
+            .encode(&batch, &mut wire)
+            .unwrap();
+        wire.extend_from_slice(TRAILER);
+        for chunk in [1, 3, 7, 64, wire.len()] {
+            let mut d = BinaryDecoder::new(schema.clone());
+            for piece in wire.chunks(chunk) {
+                d.feed(piece).unwrap();
+            }
+            assert_eq!(d.rows(), 3, "chunks of {chunk}");
+            let back = d.finish().unwrap();
+            // NaN != NaN: compare the NaN column by its bits, the rest directly.
+            assert_eq!(
+                back.column(2)
+                    .as_primitive::<Float64Type>()
+                    .value(0)
+                    .to_bits(),
+                f64::NAN.to_bits()
+            );
+            for i in [0, 1, 3, 4, 5, 6] {
+                assert_eq!(
+                    back.column(i),
+                    batch.column(i),
+                    "column {i}, chunks of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn numerics_encode_in_base_10000() {
+        check(1250, 2, (2, 0, 0, &[12, 5000]));
+        check(0, 2, (0, 0, 0, &[]));
+        check(-1, 2, (1, -1, 0x4000, &[100]));
+        check(123_456_789, 0, (3, 2, 0, &[1, 2345, 6789]));
+        check(
+            123_456_789_012_345_678_900_123_456_789,
+            10,
+            (8, 4, 0, &[1234, 5678, 9012, 3456, 7890, 123, 4567, 8900]),
+        );
+        check(5, 10, (1, -3, 0, &[500]));
+    }
 }

@@ -71,7 +71,9 @@ pub fn open_location(url: &str, options: &BTreeMap<String, String>) -> Result<Lo
         url::Url::from_file_path(&absolute)
             .map_err(|_| Error::InvalidInput(format!("cannot use the path {url:?}")))?
     };
+    let globbed = url.contains(['*', '?']);
     if parsed.scheme() == "file"
+        && !globbed
         && let Ok(dir) = parsed.to_file_path()
     {
         // object_store's local store needs the directories of a prefix to exist to list them.
@@ -313,9 +315,67 @@ pub fn days_of(column: &dyn Array) -> Result<Vec<Option<i32>>> {
     })
 }
 
-/// Files under a location with the format's extension, in name order.
+/// Whether path segments match a glob pattern: `*` and `?` within a segment, `**` across any
+/// number of segments.
+pub fn glob_matches(pattern: &[&str], segments: &[&str]) -> bool {
+    fn segment(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => segment(&p[1..], s) || (!s.is_empty() && segment(p, &s[1..])),
+            (Some(b'?'), Some(_)) => segment(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => segment(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    match (pattern.first(), segments.first()) {
+        (None, None) => true,
+        (Some(&"**"), _) => {
+            glob_matches(&pattern[1..], segments)
+                || (!segments.is_empty() && glob_matches(pattern, &segments[1..]))
+        }
+        (Some(p), Some(s)) => {
+            segment(p.as_bytes(), s.as_bytes()) && glob_matches(&pattern[1..], &segments[1..])
+        }
+        _ => false,
+    }
+}
+
+/// Files under a location with the format's extension, in name order. A location with `*` or
+/// `?` in it is a glob over the object paths.
 pub async fn list_files(location: &Location, format: FileFormat) -> Result<Vec<(Path, u64)>> {
     let ext = format!(".{}", format.extension());
+    let raw = location.path.as_ref().to_string();
+    if raw.contains(['*', '?']) {
+        let pattern: Vec<&str> = raw.split('/').collect();
+        let literal = pattern
+            .iter()
+            .take_while(|p| !p.contains(['*', '?']))
+            .cloned()
+            .collect::<Vec<_>>();
+        let prefix = Path::from_iter(literal.iter().map(|s| s.to_string()));
+        let mut files: Vec<(Path, u64)> = location
+            .store
+            .list((!literal.is_empty()).then_some(&prefix))
+            .try_filter(|m| {
+                let segments: Vec<&str> = m.location.as_ref().split('/').collect();
+                futures::future::ready(
+                    m.location.as_ref().ends_with(&ext) && glob_matches(&pattern, &segments),
+                )
+            })
+            .map_ok(|m| (m.location, m.size))
+            .try_collect()
+            .await
+            .map_err(|e| storage_error(&location.url, e))?;
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no .{} files match {}",
+                format.extension(),
+                location.url
+            )));
+        }
+        return Ok(files);
+    }
     if location.path.as_ref().ends_with(&ext) {
         let meta = location
             .store
@@ -468,6 +528,32 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn check_glob(pattern: &str, path: &str, expected: bool) {
+        let p: Vec<&str> = pattern.split('/').collect();
+        let s: Vec<&str> = path.split('/').collect();
+        assert_eq!(glob_matches(&p, &s), expected, "{pattern} ~ {path}");
+    }
+
+    #[test]
+    fn globs_match_segments() {
+        check_glob("a/*/c.parquet", "a/b/c.parquet", true);
+        check_glob("a/*/c.parquet", "a/b/x/c.parquet", false);
+        check_glob("a/**/c.parquet", "a/b/x/c.parquet", true);
+        check_glob("a/**/c.parquet", "a/c.parquet", true);
+        check_glob(
+            "o/y=2026/m=1?/*/part-*.parquet",
+            "o/y=2026/m=11/d=21/part-00000.parquet",
+            true,
+        );
+        check_glob(
+            "o/y=2026/m=1?/*/part-*.parquet",
+            "o/y=2026/m=1/d=21/part-00000.parquet",
+            false,
+        );
+        check_glob("*.csv", "x.csv", true);
+        check_glob("*.csv", "x.jsonl", false);
     }
 
     #[test]

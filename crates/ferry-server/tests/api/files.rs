@@ -150,6 +150,15 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
             json!({ "n": 1000 })
         ]
     );
+    // A glob picks partitions: only the replaced day.
+    let glob = format!("{url}/y={y}/m={m}/d={d}/*.parquet");
+    let one = run_job(
+        &server,
+        "/api/v1/transfers",
+        json!({ "source": { "files": { "url": glob, "format": "parquet", "options": options } }, "target": { "instance": "pg", "table": "one_day" }, "create": true }),
+    )
+    .await;
+    assert_eq!(succeeded(&one)["rows"], 500, "{one}");
 }
 
 #[tokio::test]

@@ -35,10 +35,11 @@ pub fn arrow_for(ty: &Type, typmod: i32) -> Option<DataType> {
         Type::TIME => DataType::Time64(TimeUnit::Microsecond),
         Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
         Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        // Unconstrained numeric takes any scale: no fixed decimal holds it, so it stays on the
+        // text path (which writes each value exactly as it is).
         Type::NUMERIC => match crate::postgres::arrow_type(ty, typmod) {
             DataType::Decimal128(p, s) => DataType::Decimal128(p, s),
-            // Unconstrained numeric takes any scale: written from a wide decimal.
-            _ => DataType::Decimal128(38, 10),
+            _ => return None,
         },
         _ => return None,
     })
@@ -106,6 +107,10 @@ impl BinaryEncoder {
     }
 }
 
+fn out_of_range(what: &str) -> Error {
+    Error::InvalidInput(format!("a {what} value is outside PostgreSQL's range"))
+}
+
 fn field(out: &mut BytesMut, bytes: &[u8]) {
     out.put_i32(bytes.len() as i32);
     out.put_slice(bytes);
@@ -131,21 +136,28 @@ fn encode_value(a: &ArrayRef, row: usize, out: &mut BytesMut) -> Result<()> {
         ),
         DataType::Utf8 => field(out, a.as_string::<i32>().value(row).as_bytes()),
         DataType::Binary => field(out, a.as_binary::<i32>().value(row)),
-        DataType::Date32 => field(
-            out,
-            &(a.as_primitive::<Date32Type>().value(row) - PG_EPOCH_DAYS).to_be_bytes(),
-        ),
+        DataType::Date32 => {
+            let d = a
+                .as_primitive::<Date32Type>()
+                .value(row)
+                .checked_sub(PG_EPOCH_DAYS)
+                .ok_or_else(|| out_of_range("date"))?;
+            field(out, &d.to_be_bytes())
+        }
         DataType::Time64(TimeUnit::Microsecond) => field(
             out,
             &a.as_primitive::<Time64MicrosecondType>()
                 .value(row)
                 .to_be_bytes(),
         ),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => field(
-            out,
-            &(a.as_primitive::<TimestampMicrosecondType>().value(row) - PG_EPOCH_MICROS)
-                .to_be_bytes(),
-        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let t = a
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(row)
+                .checked_sub(PG_EPOCH_MICROS)
+                .ok_or_else(|| out_of_range("timestamp"))?;
+            field(out, &t.to_be_bytes())
+        }
         DataType::Decimal128(_, scale) => {
             let mut buf = Vec::new();
             numeric(
@@ -426,12 +438,21 @@ fn append(col: &mut Column, v: Option<&[u8]>) -> Result<()> {
         (Column::Date(b), Some(v)) => {
             // ±infinity have no date: NULL, as on the text path.
             let d = i32::from_be_bytes(be(v)?);
-            b.append_option((d != i32::MAX && d != i32::MIN).then(|| d + PG_EPOCH_DAYS));
+            b.append_option(
+                (d != i32::MAX && d != i32::MIN)
+                    .then(|| d.checked_add(PG_EPOCH_DAYS))
+                    .flatten(),
+            );
         }
         (Column::Time(b), Some(v)) => b.append_value(i64::from_be_bytes(be(v)?)),
         (Column::Timestamp(b), Some(v)) => {
             let t = i64::from_be_bytes(be(v)?);
-            b.append_option((t != i64::MAX && t != i64::MIN).then(|| t + PG_EPOCH_MICROS));
+            // ±infinity, and instants beyond what Arrow's microseconds reach, have no value.
+            b.append_option(
+                (t != i64::MAX && t != i64::MIN)
+                    .then(|| t.checked_add(PG_EPOCH_MICROS))
+                    .flatten(),
+            );
         }
         (Column::I16(b), None) => b.append_null(),
         (Column::I32(b), None) => b.append_null(),

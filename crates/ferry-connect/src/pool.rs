@@ -209,13 +209,21 @@ impl InstancePool {
         drop(victim);
         let conn = match reused {
             Some(c) if c.is_healthy() => c,
-            _ => match self.connector.connect(database.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    lock(&self.state).open -= 1;
-                    return Err(e.context(format!("instance \"{}\"", self.name)));
-                }
-            },
+            _ => {
+                // The slot counted in `open` is given back if connecting fails or this future is
+                // dropped mid-way (a client that went away, a timeout around acquire).
+                let slot = OpenSlot {
+                    pool: self,
+                    armed: true,
+                };
+                let conn = self
+                    .connector
+                    .connect(database.as_deref())
+                    .await
+                    .map_err(|e| e.context(format!("instance \"{}\"", self.name)))?;
+                slot.disarm();
+                conn
+            }
         };
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let revocation = Arc::new(Revocation::default());
@@ -374,6 +382,26 @@ impl InstancePool {
             feature,
             detail,
         });
+    }
+}
+
+/// A reserved place in a pool's `open` count, returned on drop unless disarmed.
+struct OpenSlot<'a> {
+    pool: &'a InstancePool,
+    armed: bool,
+}
+
+impl OpenSlot<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for OpenSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.pool.state).open -= 1;
+        }
     }
 }
 

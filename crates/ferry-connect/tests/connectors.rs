@@ -198,3 +198,32 @@ async fn connections_in_a_transaction_are_not_reused() {
     drop(lease);
     assert_eq!(p.stats().idle, 1);
 }
+
+#[tokio::test]
+async fn an_acquire_dropped_while_connecting_gives_its_slot_back() {
+    // A loopback listener that accepts and never answers: the PostgreSQL handshake waits, so
+    // dropping the acquire interrupts it mid-connect.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("postgres://x@{}/db", listener.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let p = pool(&url, 2, 30);
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(300),
+        p.acquire(Feature::Console, None, "slow"),
+    );
+    assert!(
+        attempt.await.is_err(),
+        "the connect should still be pending"
+    );
+    assert_eq!(
+        p.stats().open,
+        0,
+        "a cancelled connect left a slot counted as open"
+    );
+    hold.abort();
+}

@@ -85,6 +85,25 @@ impl ExportSpec {
                     "the template {t:?} uses ${{yyyy}}/${{mm}}/${{dd}}: name the date column with --partition-column, or give --var bizdate=YYYY-MM-DD"
                 )));
             }
+            // Rows arrive ordered by date, so each partition must be one run of days: the date
+            // parts used have to be yyyy, yyyy+mm or yyyy+mm+dd (d=${dd} alone would recur monthly).
+            let used: Vec<bool> = ["${yyyy}", "${mm}", "${dd}"]
+                .iter()
+                .map(|v| t.contains(v))
+                .collect();
+            if self.partition_column.is_some()
+                && !matches!(
+                    used.as_slice(),
+                    [true, false, false]
+                        | [true, true, false]
+                        | [true, true, true]
+                        | [false, false, false]
+                )
+            {
+                return Err(Error::InvalidInput(format!(
+                    "the template {t:?} would put different dates in one partition: use ${{yyyy}}, ${{yyyy}}+${{mm}} or ${{yyyy}}+${{mm}}+${{dd}}"
+                )));
+            }
             // Renders once with a placeholder day to catch unknown variables before any I/O.
             render_template(t, Some(0), &self.variables)?;
         }

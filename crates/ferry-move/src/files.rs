@@ -58,9 +58,11 @@ fn storage_error(url: &str, e: impl std::fmt::Display) -> Error {
     Error::Connection(format!("object storage at {url}: {e}"))
 }
 
-/// Opens a location. Plain paths are local; `s3://bucket/prefix` reads credentials and the
-/// endpoint from the server's `AWS_*` environment, and `options` (such as `endpoint`,
-/// `allow_http`, `region`) override them.
+/// Object-store settings a request may give; everything else is the server's configuration.
+pub const REQUEST_OPTIONS: &[&str] = &["region", "aws_region"];
+
+/// Opens a location. Plain paths are local; `s3://bucket/prefix` reads credentials, the endpoint
+/// and transport settings from the server's `AWS_*` environment; `options` may set the region.
 pub fn open_location(url: &str, options: &BTreeMap<String, String>) -> Result<Location> {
     let parsed = if url.contains("://") {
         url::Url::parse(url)
@@ -89,16 +91,25 @@ pub fn open_location(url: &str, options: &BTreeMap<String, String>) -> Result<Lo
             ))
         })?;
     }
-    if let Some(k) = options.keys().find(|k| {
-        let k = k.to_ascii_lowercase();
-        k.contains("secret")
-            || k.contains("key_id")
-            || k.contains("token")
-            || k.contains("password")
-    }) {
-        return Err(Error::InvalidInput(format!(
-            "storage option {k:?} is a credential: give credentials to the server in its AWS_* environment, never in a request (requests are stored)"
-        )));
+    // Requests may only pick a region: credentials, endpoints and transport settings come from the
+    // server's AWS_* environment, so no request can send the server's keys to a host it chooses.
+    if let Some(k) = options
+        .keys()
+        .find(|k| !REQUEST_OPTIONS.contains(&k.to_ascii_lowercase().as_str()))
+    {
+        let credential = ["secret", "key_id", "token", "password"]
+            .iter()
+            .any(|c| k.to_ascii_lowercase().contains(c));
+        return Err(Error::InvalidInput(if credential {
+            format!(
+                "storage option {k:?} is a credential: give credentials to the server in its AWS_* environment, never in a request (requests are stored)"
+            )
+        } else {
+            format!(
+                "storage option {k:?} cannot be set per request: set it for the server (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, …); requests may set {}",
+                REQUEST_OPTIONS.join(", ")
+            )
+        }));
     }
     let mut opts: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))

@@ -248,16 +248,35 @@ fn refined_schema(schema: &SchemaRef, detail: Option<&TableDetail>) -> SchemaRef
     Arc::new(Schema::new(fields))
 }
 
+/// A batch in the source schema: columns matched by name (files of one import may order them
+/// differently) and cast to the schema's types.
 fn cast_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch);
     }
-    let columns = batch
-        .columns()
+    let names_match = batch
+        .schema()
+        .fields()
         .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            arrow::compute::cast(c, f.data_type()).map_err(|e| {
+        .map(|f| f.name())
+        .eq(schema.fields().iter().map(|f| f.name()));
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let column = if names_match {
+                batch.column(i)
+            } else {
+                let index = batch.schema().index_of(f.name()).map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "a source batch has no column \"{}\" (the first one had it)",
+                        f.name()
+                    ))
+                })?;
+                batch.column(index)
+            };
+            arrow::compute::cast(column, f.data_type()).map_err(|e| {
                 Error::Engine(format!(
                     "column \"{}\" does not convert to {}: {e}",
                     f.name(),
@@ -266,6 +285,13 @@ fn cast_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    if !names_match && batch.num_columns() != schema.fields().len() {
+        return Err(Error::InvalidInput(format!(
+            "a source batch has {} columns where the first had {}: every file of an import needs the same columns",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Internal(e.to_string()))
 }
 
@@ -784,27 +810,44 @@ impl ResumePlan {
         target
             .conn()
             .run(&format!(
-                "CREATE TABLE IF NOT EXISTS {checkpoints} (transfer {id_type} NOT NULL, chunk_low bigint NOT NULL, PRIMARY KEY (transfer, chunk_low))"
+                "CREATE TABLE IF NOT EXISTS {checkpoints} (transfer {id_type} NOT NULL, chunk_low bigint NOT NULL, chunk_high bigint NOT NULL, done integer NOT NULL, PRIMARY KEY (transfer, chunk_low))"
             ))
             .await
             .map_err(|e| e.context("creating the checkpoint table ferry_checkpoints"))?;
-        let checkpoint_id = format!("{} -> {}", spec.source.display(), spec.target.display());
-        let done: Vec<i128> = query_strings(
+        // The same copy (statement, mode, chunk size) continues; any other starts afresh.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(sql, format!("{:?}", spec.mode), chunk_rows), &mut hasher);
+        let checkpoint_id = format!(
+            "{} -> {} #{:016x}",
+            spec.source.display(),
+            spec.target.display(),
+            std::hash::Hasher::finish(&hasher)
+        );
+        let stored: Vec<(i128, i128, bool)> = query_strings(
             target.conn(),
             &format!(
-                "SELECT chunk_low FROM {checkpoints} WHERE transfer = {}",
+                "SELECT chunk_low, chunk_high, done FROM {checkpoints} WHERE transfer = {} ORDER BY chunk_low",
                 string_literal(target_engine, &checkpoint_id)
             ),
         )
         .await?
         .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten()?.parse().ok())
+        .filter_map(|r| {
+            let n = |i: usize| r.get(i).cloned().flatten()?.parse::<i128>().ok();
+            Some((n(0)?, n(1)?, n(2)? != 0))
+        })
         .collect();
-        let fresh = done.is_empty();
-        let pending = chunks
-            .into_iter()
-            .filter(|(lo, _)| !done.contains(lo))
-            .collect();
+        // A resumed copy keeps the chunks it planned first, so ranges never shift between runs.
+        let fresh = stored.is_empty();
+        let pending = if fresh {
+            chunks
+        } else {
+            stored
+                .into_iter()
+                .filter(|(_, _, done)| !done)
+                .map(|(lo, hi, _)| (lo, hi))
+                .collect()
+        };
         Ok(ResumePlan {
             key,
             quoted_key,
@@ -843,12 +886,40 @@ async fn run_chunks(
     let engine = target.pool().connector().engine();
     let qualified = qualified_table(engine, spec.target.schema.as_deref(), &spec.target.table);
     let id = string_literal(engine, &plan.checkpoint_id);
-    if plan.fresh && spec.mode == Mode::Replace {
-        let clear = match engine {
-            Engine::Postgres => format!("TRUNCATE {qualified}"),
-            _ => format!("DELETE FROM {qualified}"),
-        };
-        target.conn().run(&clear).await?;
+    if plan.fresh {
+        // The plan and the emptied target become visible together.
+        target.conn().run(begin_sql(engine)).await?;
+        let planned: Result<()> = async {
+            if spec.mode == Mode::Replace {
+                let clear = match engine {
+                    Engine::Postgres => format!("TRUNCATE {qualified}"),
+                    _ => format!("DELETE FROM {qualified}"),
+                };
+                target.conn().run(&clear).await?;
+            }
+            for rows in plan.pending.chunks(500) {
+                let values: Vec<String> = rows
+                    .iter()
+                    .map(|(lo, hi)| format!("({id}, {lo}, {hi}, 0)"))
+                    .collect();
+                target
+                    .conn()
+                    .run(&format!(
+                        "INSERT INTO {} (transfer, chunk_low, chunk_high, done) VALUES {}",
+                        plan.checkpoints,
+                        values.join(", ")
+                    ))
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = planned {
+            let _ = target.conn().run("ROLLBACK").await;
+            target.close_on_release();
+            return Err(e.context("recording the chunk plan"));
+        }
+        target.conn().run("COMMIT").await?;
     }
     let pool = plan
         .pool
@@ -888,7 +959,7 @@ async fn run_chunks(
             target
                 .conn()
                 .run(&format!(
-                    "INSERT INTO {} (transfer, chunk_low) VALUES ({id}, {lo})",
+                    "UPDATE {} SET done = 1 WHERE transfer = {id} AND chunk_low = {lo}",
                     plan.checkpoints
                 ))
                 .await?;

@@ -57,20 +57,27 @@ pub fn redis() -> Option<String> {
     locate("Redis", "FERRY_TEST_REDIS", DEFAULT_REDIS)
 }
 
-/// The S3-compatible endpoint for tests (moto on loopback), if reachable.
+/// The S3-compatible endpoint for tests (moto on loopback), if reachable. The server under test
+/// reads the endpoint and credentials from its environment (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which `scripts/test` sets; moto accepts any keys.
 pub fn s3() -> Option<String> {
     let endpoint = locate("S3 (moto)", "FERRY_TEST_S3", DEFAULT_S3)?;
-    // The server reads object-store credentials from its environment; moto accepts any.
-    if std::env::var("AWS_ACCESS_KEY_ID").is_err()
-        || std::env::var("AWS_SECRET_ACCESS_KEY").is_err()
-    {
+    let configured = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+    ]
+    .iter()
+    .all(|v| std::env::var(v).is_ok());
+    if !configured {
         if in_ci() {
             panic!(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set for the S3 tests; scripts/test sets them"
+                "the S3 tests need AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and AWS_ALLOW_HTTP; scripts/test sets them"
             );
         }
         eprintln!(
-            "skipping: set AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test (any values) for the S3 tests"
+            "skipping: set AWS_ENDPOINT_URL={endpoint} AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test for the S3 tests"
         );
         return None;
     }
@@ -93,16 +100,11 @@ pub async fn fresh_bucket(endpoint: &str) -> String {
     name
 }
 
-/// Object-store options that reach the test endpoint (credentials come from the environment).
-pub fn s3_options(endpoint: &str) -> std::collections::BTreeMap<String, String> {
-    [
-        ("endpoint", endpoint),
-        ("allow_http", "true"),
-        ("region", "us-east-1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+/// Object-store options a test request gives (the region; the rest is the server's environment).
+pub fn s3_options(_endpoint: &str) -> std::collections::BTreeMap<String, String> {
+    [("region".to_string(), "us-east-1".to_string())]
+        .into_iter()
+        .collect()
 }
 
 fn with_database(url: &str, db: &str) -> String {

@@ -227,6 +227,14 @@ async fn bad_exports_and_imports_are_explained() {
             "storage URL",
         ),
         (
+            json!({ "source": source, "url": "/tmp/x", "partition_by": "d=${dd}", "partition_column": "created_date" }),
+            "different dates in one partition",
+        ),
+        (
+            json!({ "source": source, "url": "s3://b/x", "options": { "endpoint": "http://elsewhere" } }),
+            "cannot be set per request",
+        ),
+        (
             json!({ "source": source, "url": "/proc/ferry-cannot-write-here/orders.parquet" }),
             "cannot create the directory /proc/ferry-cannot-write-here",
         ),

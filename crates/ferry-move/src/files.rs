@@ -235,20 +235,30 @@ impl FileSink {
 
     /// Completes the file and moves it to its final name; returns that name.
     pub async fn finish(self) -> Result<Path> {
-        match self.writer {
-            SinkWriter::Parquet(w) => {
-                w.close().await.map_err(|e| storage_error(&self.url, e))?;
-            }
-            SinkWriter::Text { mut out, .. } => {
-                out.shutdown()
-                    .await
-                    .map_err(|e| storage_error(&self.url, e))?;
-            }
+        let closed = match self.writer {
+            SinkWriter::Parquet(w) => w
+                .close()
+                .await
+                .map(|_| ())
+                .map_err(|e| storage_error(&self.url, e)),
+            SinkWriter::Text { mut out, .. } => out
+                .shutdown()
+                .await
+                .map_err(|e| storage_error(&self.url, e)),
+        };
+        let renamed = match closed {
+            Ok(()) => self
+                .store
+                .rename(&self.temp, &self.target)
+                .await
+                .map_err(|e| storage_error(&self.url, e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renamed {
+            // Nothing half-written stays behind under the temporary name.
+            let _ = self.store.delete(&self.temp).await;
+            return Err(e);
         }
-        self.store
-            .rename(&self.temp, &self.target)
-            .await
-            .map_err(|e| storage_error(&self.url, e))?;
         Ok(self.target)
     }
 

@@ -354,13 +354,15 @@ async fn transfer(
             SourceReader::start(lease, vec![first], source_detail.clone(), progress.clone()).await?
         }
         Some(mut lease) => {
-            let sqls = split_by_key(
-                &mut lease,
-                &sql,
-                source_detail.as_ref(),
-                spec.parallel.unwrap_or(1),
-            )
-            .await?;
+            // Never more readers than the cap allows, keeping one for the target on the same instance.
+            let cap = lease.pool().settings().max_connections;
+            let cap = if Arc::ptr_eq(lease.pool(), target.pool()) {
+                cap.saturating_sub(1)
+            } else {
+                cap
+            };
+            let parallel = spec.parallel.unwrap_or(1).min(cap.max(1));
+            let sqls = split_by_key(&mut lease, &sql, source_detail.as_ref(), parallel).await?;
             SourceReader::start(lease, sqls, source_detail.clone(), progress.clone()).await?
         }
         None => SourceReader::files(&spec.source, progress.clone()).await?,

@@ -140,6 +140,9 @@ struct ImportArgs {
     options: Vec<(String, String)>,
     #[arg(long)]
     target_db: Option<String>,
+    /// Hive partition keys (e.g. y,m,d) whose key=value path segments become columns.
+    #[arg(long, value_delimiter = ',')]
+    partitions: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1089,6 +1092,7 @@ async fn import(client: &Client, out: Output, args: ImportArgs) -> anyhow::Resul
             "url": args.url,
             "format": args.format.as_str(),
             "options": args.options.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "partitions": args.partitions,
         } },
         "target": endpoint(&args.target, args.target_db.as_deref())?,
         "mode": args.mode.as_str(),

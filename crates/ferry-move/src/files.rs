@@ -430,33 +430,85 @@ pub async fn list_files(location: &Location, format: FileFormat) -> Result<Vec<(
     Ok(files)
 }
 
-/// Reads files as one stream of record batches (Parquet; CSV and JSON Lines with inferred types).
+/// Reads files as one stream of record batches (Parquet; CSV and JSON Lines with inferred
+/// types). Each name in `partitions` becomes a text column filled from the file's `name=value`
+/// path segment (NULL where a file's path has none).
 pub async fn read_files(
     location: &Location,
     format: FileFormat,
+    partitions: &[String],
 ) -> Result<(SchemaRef, BatchStream<'static>)> {
     let files = list_files(location, format).await?;
     let store = location.store.clone();
     let url = location.url.clone();
     let first = open_file(&store, &files[0], format, &url, None).await?;
-    let schema = first.0.clone();
-    let rest = files[1..].to_vec();
-    let tail_schema = schema.clone();
-    let tail = futures::stream::iter(rest)
-        .then(move |f| {
-            let (store, url, schema) = (store.clone(), url.clone(), tail_schema.clone());
-            async move {
-                open_file(&store, &f, format, &url, Some(schema))
-                    .await
-                    .map(|(_, s)| s)
+    let file_schema = first.0.clone();
+    let mut fields: Vec<arrow::datatypes::Field> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    for p in partitions {
+        if file_schema.field_with_name(p).is_ok() {
+            return Err(Error::InvalidInput(format!(
+                "the files already have a column \"{p}\"; drop it from --partitions"
+            )));
+        }
+        fields.push(arrow::datatypes::Field::new(p, DataType::Utf8, true));
+    }
+    let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(fields));
+    let partitions = partitions.to_vec();
+    let out_schema = schema.clone();
+    let streams = futures::stream::iter(files.into_iter().enumerate()).then(move |(i, f)| {
+        let (store, url, file_schema) = (store.clone(), url.clone(), file_schema.clone());
+        async move {
+            // The first file is open already (it gave the schema).
+            if i == 0 {
+                return Ok::<_, Error>((f, None));
             }
-        })
-        .map(|r| match r {
-            Ok(stream) => stream,
-            Err(e) => Box::pin(futures::stream::iter([Err(e)])) as BatchStream<'static>,
+            let opened = open_file(&store, &f, format, &url, Some(file_schema)).await?;
+            Ok((f, Some(opened.1)))
+        }
+    });
+    let mut first_stream = Some(first.1);
+    let batches = streams
+        .map(move |r| {
+            let (path, stream) = match r {
+                Ok((path, Some(s))) => (path, s),
+                Ok((path, None)) => match first_stream.take() {
+                    Some(s) => (path, s),
+                    None => return Box::pin(futures::stream::empty()) as BatchStream<'static>,
+                },
+                Err(e) => return Box::pin(futures::stream::iter([Err(e)])) as BatchStream<'static>,
+            };
+            if partitions.is_empty() {
+                return stream;
+            }
+            let values: Vec<Option<String>> = partitions
+                .iter()
+                .map(|p| {
+                    path.0
+                        .as_ref()
+                        .split('/')
+                        .find_map(|seg| seg.strip_prefix(&format!("{p}=")).map(str::to_string))
+                })
+                .collect();
+            let schema = out_schema.clone();
+            Box::pin(stream.map(move |b| {
+                let b = b?;
+                let mut columns = b.columns().to_vec();
+                for v in &values {
+                    columns.push(Arc::new(arrow::array::StringArray::from(vec![
+                        v.clone();
+                        b.num_rows()
+                    ])));
+                }
+                RecordBatch::try_new(schema.clone(), columns)
+                    .map_err(|e| Error::InvalidInput(e.to_string()))
+            })) as BatchStream<'static>
         })
         .flatten();
-    Ok((schema, Box::pin(first.1.chain(tail))))
+    Ok((schema, Box::pin(batches)))
 }
 
 async fn open_file(

@@ -50,10 +50,13 @@ pub enum SourceSpec {
         url: String,
         #[serde(default)]
         format: crate::files::FileFormat,
-        /// Object-store settings such as `endpoint`, `region`, `allow_http` (credentials come
-        /// from the server's `AWS_*` environment).
+        /// Object-store settings a request may give (the region); endpoint and credentials come
+        /// from the server's `AWS_*` environment.
         #[serde(default)]
         options: std::collections::BTreeMap<String, String>,
+        /// Hive-style partition keys whose `key=value` path segments become text columns.
+        #[serde(default)]
+        partitions: Vec<String>,
     },
 }
 

@@ -1100,6 +1100,7 @@ impl SourceReader {
             url,
             format,
             options,
+            partitions,
         } = source
         else {
             return Err(Error::Internal(
@@ -1107,7 +1108,8 @@ impl SourceReader {
             ));
         };
         let location = crate::files::open_location(url, options)?;
-        let (schema, mut batches) = crate::files::read_files(&location, *format).await?;
+        let (schema, mut batches) =
+            crate::files::read_files(&location, *format, partitions).await?;
         let (tx, rows) = mpsc::channel::<Result<RecordBatch>>(4);
         let task_schema = schema.clone();
         let task = tokio::spawn(async move {

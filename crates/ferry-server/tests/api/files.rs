@@ -159,6 +159,16 @@ async fn daily_partitions_on_object_storage_replace_and_import() {
     )
     .await;
     assert_eq!(succeeded(&one)["rows"], 500, "{one}");
+    // Partition keys can come back as columns.
+    let with_keys = run_job(
+        &server,
+        "/api/v1/transfers",
+        json!({ "source": { "files": { "url": url, "format": "parquet", "options": options, "partitions": ["y", "m", "d"] } }, "target": { "instance": "pg", "table": "with_keys" }, "create": true }),
+    )
+    .await;
+    assert_eq!(succeeded(&with_keys)["rows"], 2500, "{with_keys}");
+    let keyed = server.rows("pg", &format!("select count(*) as n from with_keys where y = '{y}' and m = '{m}' and d = '{d}' and created_date = '{day}'")).await;
+    assert_eq!(keyed[0]["n"], 500);
 }
 
 #[tokio::test]

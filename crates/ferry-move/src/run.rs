@@ -929,6 +929,16 @@ async fn run_chunks(
         .ok_or_else(|| Error::Internal("a resume plan without its pool".into()))?;
     let mut rows = 0u64;
     let mut first = Some(first);
+    // In replace mode a chunk's key range in the target holds exactly the chunk.
+    let verify_chunks = spec.verify && spec.mode == Mode::Replace;
+    let cols = write_target
+        .columns
+        .iter()
+        .map(|c| quote_ident(engine, c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let target_key = quote_ident(engine, &plan.key);
+    let (mut verified_source, mut verified_target) = (Checksum::default(), Checksum::default());
     for (lo, hi) in &plan.pending {
         let reader = match first.take() {
             Some(r) => r,
@@ -953,11 +963,36 @@ async fn run_chunks(
         let outcome: Result<u64> = async {
             // A chunk that failed before its commit left nothing behind: chunks are transactional.
             let written = write(reader.rows, target, write_target, &progress).await;
-            reader
+            let source_sum = reader
                 .task
                 .await
                 .map_err(|e| Error::Internal(format!("a source reader stopped: {e}")))??;
             let written = written?;
+            // Each chunk is verified before it commits, so a mismatch names its chunk and every
+            // committed chunk (of this run or an earlier one) is known good.
+            if verify_chunks {
+                let (_, back) = collect_checksum(
+                    target,
+                    &format!("SELECT {cols} FROM {qualified} WHERE {target_key} >= {lo} AND {target_key} < {hi}"),
+                    schema,
+                )
+                .await?;
+                if back != source_sum {
+                    return Err(Error::Engine(format!(
+                        "verification failed for chunk {lo}..{hi} of {} in {}: the source gave {} rows (checksum {:016x}), the target holds {} (checksum {:016x})",
+                        plan.key,
+                        spec.target.display(),
+                        source_sum.rows,
+                        source_sum.sum,
+                        back.rows,
+                        back.sum
+                    )));
+                }
+                verified_source.rows += source_sum.rows;
+                verified_source.sum = verified_source.sum.wrapping_add(source_sum.sum);
+                verified_target.rows += back.rows;
+                verified_target.sum = verified_target.sum.wrapping_add(back.sum);
+            }
             target
                 .conn()
                 .run(&format!(
@@ -987,51 +1022,11 @@ async fn run_chunks(
             plan.checkpoints
         ))
         .await?;
-    // Verification reads both whole tables: chunks committed by an earlier run are part of the result.
-    let mut source_checksum = None;
-    let mut target_checksum = None;
-    if spec.verify && spec.mode == Mode::Replace {
-        let lease = pool
-            .acquire(
-                Feature::AsyncQuery,
-                spec.source.database(),
-                "transfer verification",
-            )
-            .await?;
-        let reader = SourceReader::start(
-            lease,
-            vec![sql.to_string()],
-            detail,
-            Arc::new(Progress::default()),
-        )
-        .await?;
-        let mut rows_rx = reader.rows;
-        while rows_rx.recv().await.is_some() {}
-        let source = reader
-            .task
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-        let cols = write_target
-            .columns
-            .iter()
-            .map(|c| quote_ident(engine, c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (_, back) =
-            collect_checksum(target, &format!("SELECT {cols} FROM {qualified}"), schema).await?;
-        if back != source {
-            return Err(Error::Engine(format!(
-                "verification failed for {}: the source has {} rows (checksum {:016x}), the target {} (checksum {:016x})",
-                spec.target.display(),
-                source.rows,
-                source.sum,
-                back.rows,
-                back.sum
-            )));
-        }
-        source_checksum = Some(source);
-        target_checksum = Some(back);
-    }
+    let (source_checksum, target_checksum) = if verify_chunks {
+        (Some(verified_source), Some(verified_target))
+    } else {
+        (None, None)
+    };
     Ok(TransferReport {
         rows,
         created_table,

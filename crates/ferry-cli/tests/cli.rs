@@ -404,25 +404,9 @@ fn wait_transfer(
 
 #[test]
 fn a_copy_killed_at_any_point_runs_again_exactly() {
-    let (Some(pg), Some(my)) = (ferry_testkit::postgres(), ferry_testkit::mysql()) else {
+    let Some((mut s, db)) = served_with_events("kill") else {
         return;
     };
-    let mut s = Served::start();
-    let db = format!("ferry_t_kill_{}", std::process::id());
-    s.ok(&["instance", "add", "pgadmin", &pg]);
-    s.ok(&["instance", "add", "myadmin", &my]);
-    s.ok(&["sql", "pgadmin", &format!("drop database if exists {db}")]);
-    s.ok(&["sql", "pgadmin", &format!("create database {db}")]);
-    s.ok(&[
-        "sql",
-        "myadmin",
-        &format!("drop database if exists {db}; create database {db}"),
-    ]);
-    let pg_db = format!("{}/{db}", pg.rsplit_once('/').unwrap().0);
-    let my_db = format!("{}/{db}", my.rsplit_once('/').unwrap().0);
-    s.ok(&["instance", "add", "src", &pg_db]);
-    s.ok(&["instance", "add", "dst", &my_db]);
-    s.ok(&["sql", "src", "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 300000) g; alter table events add primary key (id)"]);
     // Kill the server at several points of the copy: before rows flow, early, and late.
     let mut interrupted = 0;
     for threshold in [0, 20_000, 100_000] {
@@ -475,43 +459,14 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
         "csv",
     ]);
     assert_eq!(counts.lines().nth(1), Some("300000,300000"), "{counts}");
-    s.ok(&[
-        "sql",
-        "pgadmin",
-        &format!("drop database {db} with (force)"),
-    ]);
-    s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
+    drop_databases(&s, &db);
 }
 
 #[test]
 fn a_resumable_copy_continues_after_a_kill() {
-    let (Some(pg), Some(my)) = (ferry_testkit::postgres(), ferry_testkit::mysql()) else {
+    let Some((mut s, db)) = served_with_events("resume") else {
         return;
     };
-    let mut s = Served::start();
-    let db = format!("ferry_t_resume_{}", std::process::id());
-    s.ok(&["instance", "add", "pgadmin", &pg]);
-    s.ok(&["instance", "add", "myadmin", &my]);
-    s.ok(&["sql", "pgadmin", &format!("drop database if exists {db}")]);
-    s.ok(&["sql", "pgadmin", &format!("create database {db}")]);
-    s.ok(&[
-        "sql",
-        "myadmin",
-        &format!("drop database if exists {db}; create database {db}"),
-    ]);
-    s.ok(&[
-        "instance",
-        "add",
-        "src",
-        &format!("{}/{db}", pg.rsplit_once('/').unwrap().0),
-    ]);
-    s.ok(&[
-        "instance",
-        "add",
-        "dst",
-        &format!("{}/{db}", my.rsplit_once('/').unwrap().0),
-    ]);
-    s.ok(&["sql", "src", "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 300000) g; alter table events add primary key (id)"]);
     let args = [
         "copy",
         "src:public.events",
@@ -580,12 +535,7 @@ fn a_resumable_copy_continues_after_a_kill() {
         Some("0"),
         "checkpoints are cleared when the copy completes"
     );
-    s.ok(&[
-        "sql",
-        "pgadmin",
-        &format!("drop database {db} with (force)"),
-    ]);
-    s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
+    drop_databases(&s, &db);
 }
 
 /// Rows in a table, 0 when the table does not exist (a copy killed before creating it).
@@ -602,4 +552,48 @@ fn rows_in(s: &Served, instance: &str, table: &str) -> i64 {
         "csv",
     ]);
     out.lines().nth(1).unwrap().parse().unwrap()
+}
+
+/// A server with instances `src` (a fresh PostgreSQL database holding `events`, 300,000 rows
+/// keyed by `id`) and `dst` (a fresh MariaDB database); `None` when the servers are missing.
+fn served_with_events(name: &str) -> Option<(Served, String)> {
+    let (pg, my) = (ferry_testkit::postgres()?, ferry_testkit::mysql()?);
+    let s = Served::start();
+    let db = format!("ferry_t_{name}_{}", std::process::id());
+    s.ok(&["instance", "add", "pgadmin", &pg]);
+    s.ok(&["instance", "add", "myadmin", &my]);
+    s.ok(&["sql", "pgadmin", &format!("drop database if exists {db}")]);
+    s.ok(&["sql", "pgadmin", &format!("create database {db}")]);
+    s.ok(&[
+        "sql",
+        "myadmin",
+        &format!("drop database if exists {db}; create database {db}"),
+    ]);
+    s.ok(&[
+        "instance",
+        "add",
+        "src",
+        &format!("{}/{db}", pg.rsplit_once('/')?.0),
+    ]);
+    s.ok(&[
+        "instance",
+        "add",
+        "dst",
+        &format!("{}/{db}", my.rsplit_once('/')?.0),
+    ]);
+    s.ok(&[
+        "sql",
+        "src",
+        "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 300000) g; alter table events add primary key (id)",
+    ]);
+    Some((s, db))
+}
+
+fn drop_databases(s: &Served, db: &str) {
+    s.ok(&[
+        "sql",
+        "pgadmin",
+        &format!("drop database {db} with (force)"),
+    ]);
+    s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
 }

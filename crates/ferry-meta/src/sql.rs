@@ -189,6 +189,42 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// One job record by id.
+    async fn fetch_by_id<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        id: &str,
+        from: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {columns} from {table} where id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(from).transpose()
+    }
+
+    /// The newest job records first.
+    async fn list_newest<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        limit: i64,
+        from: fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {columns} from {table} order by created_at_ms desc, id limit $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(from).collect()
+    }
+
     /// Marks jobs left queued or running (by a node that stopped) as failed.
     async fn fail_unfinished(&self, table: &'static str, reason: &str) -> Result<u64> {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -418,25 +454,13 @@ impl QueryRepo for SqlStore {
     }
 
     async fn get_query(&self, id: &str) -> Result<Option<QueryRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {QUERY_COLUMNS} from queries where id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
-        row.as_ref().map(query_from).transpose()
+        self.fetch_by_id(QUERY_COLUMNS, "queries", id, query_from)
+            .await
     }
 
     async fn list_queries(&self, limit: i64) -> Result<Vec<QueryRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {QUERY_COLUMNS} from queries order by created_at_ms desc, id limit $1"
-        )))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(query_from).collect()
+        self.list_newest(QUERY_COLUMNS, "queries", limit, query_from)
+            .await
     }
 
     async fn fail_unfinished_queries(&self, reason: &str) -> Result<u64> {
@@ -506,25 +530,13 @@ impl TransferRepo for SqlStore {
     }
 
     async fn get_transfer(&self, id: &str) -> Result<Option<TransferRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {TRANSFER_COLUMNS} from transfers where id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
-        row.as_ref().map(transfer_from).transpose()
+        self.fetch_by_id(TRANSFER_COLUMNS, "transfers", id, transfer_from)
+            .await
     }
 
     async fn list_transfers(&self, limit: i64) -> Result<Vec<TransferRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {TRANSFER_COLUMNS} from transfers order by created_at_ms desc, id limit $1"
-        )))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(transfer_from).collect()
+        self.list_newest(TRANSFER_COLUMNS, "transfers", limit, transfer_from)
+            .await
     }
 
     async fn fail_unfinished_transfers(&self, reason: &str) -> Result<u64> {

@@ -275,3 +275,10 @@ pub fn succeeded(v: &Value) -> &Value {
     assert_eq!(v["status"], "succeeded", "{v}");
     &v["report"]
 }
+
+/// Fresh PostgreSQL and MariaDB databases registered as `pg` and `my`; false when either server is
+/// missing (outside CI; in CI a missing server fails the test).
+pub async fn pg_and_my(server: &TestServer) -> bool {
+    postgres_instance(server, "pg", Value::Null).await.is_some()
+        && mysql_instance(server, "my", Value::Null).await.is_some()
+}

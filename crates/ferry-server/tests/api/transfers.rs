@@ -27,12 +27,9 @@ const PG_TYPES: &str = "create table src (
 #[tokio::test]
 async fn postgres_to_mysql_sqlite_and_back_round_trips_verified() {
     let server = TestServer::start().await;
-    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+    if !pg_and_my(&server).await {
         return;
-    };
-    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
-        return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     server
         .add_instance(
@@ -136,12 +133,9 @@ async fn postgres_through_parquet_and_back_keeps_every_value() {
 #[tokio::test]
 async fn lossy_conversions_are_refused_by_column_unless_allowed() {
     let server = TestServer::start().await;
-    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+    if !pg_and_my(&server).await {
         return;
-    };
-    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
-        return;
-    };
+    }
     server.sql("pg", "create table src (id bigint primary key, at timestamptz, amount numeric(38,10)); insert into src values (1, now(), 1.5)").await;
     let refused = transfer(&server, json!({ "source": { "table": table("pg", "src") }, "target": table("my", "t1"), "create": true })).await;
     assert_eq!(refused["status"], "failed");
@@ -178,12 +172,9 @@ async fn lossy_conversions_are_refused_by_column_unless_allowed() {
 #[tokio::test]
 async fn incremental_runs_move_each_row_exactly_once() {
     let server = TestServer::start().await;
-    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+    if !pg_and_my(&server).await {
         return;
-    };
-    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
-        return;
-    };
+    }
     server.sql("pg", "create table events (id bigint primary key, payload text); insert into events select g, 'e' || g from generate_series(1, 100) g").await;
     let spec = json!({ "source": { "table": table("pg", "events") }, "target": table("my", "events"), "mode": "incremental", "by": "id", "create": true });
     let mut moved = 0;
@@ -438,12 +429,9 @@ async fn a_connection_cut_mid_transfer_fails_clearly_and_writes_nothing() {
 #[tokio::test]
 async fn mysql_types_land_in_postgres_and_exotic_postgres_types_in_mysql() {
     let server = TestServer::start().await;
-    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+    if !pg_and_my(&server).await {
         return;
-    };
-    let Some(_) = mysql_instance(&server, "my", Value::Null).await else {
-        return;
-    };
+    }
     let setup = server
         .sql(
             "my",

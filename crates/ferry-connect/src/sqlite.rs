@@ -2,6 +2,7 @@
 //! statement (or, for expressions, from the first row's values); cancellation goes through
 //! SQLite's progress handler, which interrupts the running statement.
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +114,42 @@ fn statement_error(e: sqlx::Error) -> Error {
     }
 }
 
+/// The declared type of each result column of the first statement in `sql`, `None` for an
+/// expression; empty when the statement does not prepare (sqlx reports that error).
+async fn declared_types(conn: &mut SqliteConnection, sql: &str) -> Vec<Option<String>> {
+    use libsqlite3_sys as ffi;
+    use std::ffi::{CStr, CString};
+    let (Ok(mut handle), Ok(text)) = (conn.lock_handle().await, CString::new(sql)) else {
+        return Vec::new();
+    };
+    let db = handle.as_raw_handle().as_ptr();
+    let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
+    // SAFETY: `db` is the open connection held locked by `handle` for this whole block; the
+    // statement is prepared on it, read, and finalized before the lock is released, and every
+    // declared-type pointer is copied out before the statement is finalized.
+    unsafe {
+        let rc = ffi::sqlite3_prepare_v2(db, text.as_ptr(), -1, &mut stmt, std::ptr::null_mut());
+        if rc != ffi::SQLITE_OK || stmt.is_null() {
+            return Vec::new();
+        }
+        let types = (0..ffi::sqlite3_column_count(stmt))
+            .map(|i| {
+                let p = ffi::sqlite3_column_decltype(stmt, i);
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            })
+            .collect();
+        ffi::sqlite3_finalize(stmt);
+        types
+    }
+}
+
+/// How a column's values are taken from a SQLite row.
+enum ValueKind {
+    Binary,
+    Float,
+    Text,
+}
+
 fn value_type(row: &SqliteRow, i: usize) -> String {
     row.try_get_raw(i)
         .map(|v| v.type_info().name().to_string())
@@ -146,9 +183,19 @@ impl Connection for SqliteDb {
                 .prepare(AssertSqlSafe(sql).into_sql_str())
                 .await
                 .map_err(statement_error)?;
+            let declared = declared_types(&mut self.conn, sql).await;
             stmt.columns()
                 .iter()
-                .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
+                .enumerate()
+                .map(|(i, c)| {
+                    // A table column follows its declared type's affinity (sqlx does not know
+                    // NUMERIC or DECIMAL); an expression, sqlx's inference or its first value.
+                    let ty = match declared.get(i).and_then(Option::as_deref) {
+                        Some(d) if !d.is_empty() => affinity_name(d),
+                        _ => c.type_info().name().to_string(),
+                    };
+                    (c.name().to_string(), ty)
+                })
                 .collect()
         };
         let in_tx_before = self.in_transaction;
@@ -189,22 +236,38 @@ impl Connection for SqliteDb {
             })
             .collect();
         let schema = unique_schema(columns);
-        let binary: Vec<bool> = schema
+        let kinds: Vec<ValueKind> = schema
             .fields()
             .iter()
-            .map(|f| f.data_type() == &DataType::Binary)
+            .map(|f| match f.data_type() {
+                DataType::Binary => ValueKind::Binary,
+                DataType::Float64 => ValueKind::Float,
+                _ => ValueKind::Text,
+            })
             .collect();
         let mut builder = TextBatchBuilder::new(schema.clone(), BinaryText::Raw);
+        let mut float_text = String::new();
         let batches = crate::batching::batches(rows, move |row: Option<SqliteRow>| match row {
             Some(row) => {
-                for (i, is_binary) in binary.iter().enumerate() {
-                    let value: Option<&[u8]> = if *is_binary {
-                        row.try_get_unchecked(i).ok().flatten()
-                    } else {
-                        row.try_get_unchecked::<Option<&str>, _>(i)
+                for (i, kind) in kinds.iter().enumerate() {
+                    let value: Option<&[u8]> = match kind {
+                        ValueKind::Binary => row.try_get_unchecked(i).ok().flatten(),
+                        // SQLite's own text of a REAL keeps only 15 digits; format the double
+                        // itself so every value, up to ±f64::MAX, comes back exactly.
+                        ValueKind::Float if value_type(&row, i) == "REAL" => row
+                            .try_get_unchecked::<Option<f64>, _>(i)
                             .ok()
                             .flatten()
-                            .map(str::as_bytes)
+                            .map(|v| {
+                                float_text.clear();
+                                let _ = write!(float_text, "{v:?}");
+                                float_text.as_bytes()
+                            }),
+                        _ => row
+                            .try_get_unchecked::<Option<&str>, _>(i)
+                            .ok()
+                            .flatten()
+                            .map(str::as_bytes),
                     };
                     builder.append(i, value);
                 }

@@ -152,14 +152,19 @@ impl<'a> RowRenderer<'a> {
             }
             DataType::Float16 | DataType::Float32 | DataType::Float64 => {
                 let text = self.formatters[col].value(row).to_string();
-                let finite = !matches!(text.as_str(), "NaN" | "inf" | "-inf");
-                if !finite && self.style != ValueStyle::PgCopy {
-                    return Err(Error::InvalidInput(format!(
-                        "column \"{}\" holds {text}, which {} cannot store; filter or convert it in the source query",
-                        self.names[col], "SQLite"
-                    )));
+                match (self.style, text.as_str()) {
+                    // SQLite reads a literal beyond the double range as an infinity, and turns
+                    // NaN into NULL, which would lose the value.
+                    (ValueStyle::Sqlite, "inf") => out.push_str("9e999"),
+                    (ValueStyle::Sqlite, "-inf") => out.push_str("-9e999"),
+                    (ValueStyle::Sqlite, "NaN") => {
+                        return Err(Error::InvalidInput(format!(
+                            "column \"{}\" holds NaN, which SQLite cannot store; filter or convert it in the source query",
+                            self.names[col]
+                        )));
+                    }
+                    _ => out.push_str(&text),
                 }
-                out.push_str(&text);
             }
             // SQLite would read a long decimal literal as a double: keep it exact as text.
             DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::UInt64

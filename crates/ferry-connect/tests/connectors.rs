@@ -1,5 +1,6 @@
 //! Connectors and the pool against real servers: cancellation per engine, the cap and its queue.
 
+use arrow::array::AsArray;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,13 +84,21 @@ async fn sqlite_values_keep_their_types() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
     let mut conn = connector(&url).connect(None).await.unwrap();
-    conn.run("create table t (i integer, r real, s text, b blob, d date)")
+    conn.run("create table t (i integer, r real, s text, b blob, d date, n numeric(10,2))")
         .await
         .unwrap();
-    conn.run("insert into t values (1, 1.5, 'é🚀 ', x'00ff', '2026-11-22'), (null, null, null, null, null)").await.unwrap();
+    conn.run("insert into t values (1, -1.7976931348623157e308, 'é🚀 ', x'00ff', '2026-11-22', '12.5'), (null, null, null, null, null, 9223372036854775807)").await.unwrap();
     let (schema, batches) = collect(conn.run("select *, i + 1 as expr from t").await.unwrap())
         .await
         .unwrap();
+    // NUMERIC columns hold integers and reals side by side: both kept exactly, as text.
+    let n = batches[0].column(5).as_string::<i32>();
+    assert_eq!((n.value(0), n.value(1)), ("12.5", "9223372036854775807"));
+    // Doubles come back whole, not as SQLite's 15-digit text.
+    let r = batches[0]
+        .column(1)
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    assert_eq!(r.value(0), -f64::MAX);
     let types: Vec<String> = schema
         .fields()
         .iter()
@@ -97,7 +106,9 @@ async fn sqlite_values_keep_their_types() {
         .collect();
     assert_eq!(
         types,
-        ["Int64", "Float64", "Utf8", "Binary", "Date32", "Int64"]
+        [
+            "Int64", "Float64", "Utf8", "Binary", "Date32", "Utf8", "Int64"
+        ]
     );
     assert_eq!(batches[0].num_rows(), 2);
     assert_eq!(batches[0].column(0).null_count(), 1);
@@ -105,7 +116,7 @@ async fn sqlite_values_keep_their_types() {
     let (schema, batches) = collect(empty).await.unwrap();
     assert_eq!(
         schema.fields().len(),
-        5,
+        6,
         "a result without rows still has its columns"
     );
     assert!(batches.iter().all(|b| b.num_rows() == 0));

@@ -185,6 +185,23 @@ pub fn conversion(from: &DataType, to: &DataType) -> Conversion {
                 Lossy(format!("{from} values lose digits in {to}"))
             }
         }
+        // Whole decimals go into integers that hold every value of their precision exactly;
+        // a narrower integer type (numeric(20,0) back into bigint unsigned) is checked per value.
+        (Decimal128(p, s), t) if int_bits(t).is_some() => {
+            let (signed, bits) = int_bits(t).unwrap_or((true, 64));
+            let holds = match bits {
+                8 => 2,
+                16 => 4,
+                32 => 9,
+                _ if signed => 18,
+                _ => 19,
+            };
+            if *s == 0 && signed && (*p as i32) <= holds {
+                Exact
+            } else {
+                Lossy(format!("{from} values may not fit in {to}"))
+            }
+        }
         (Decimal128(..), Float32 | Float64) => Lossy(format!("{from} values are rounded in {to}")),
         (Float32, Float64) => Exact,
         (Float64, Float32) => Lossy("double values are rounded to single precision".into()),

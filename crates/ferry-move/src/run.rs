@@ -412,147 +412,167 @@ async fn transfer(
             )));
         }
     };
-    let upsert_keys = match spec.mode {
-        Mode::Upsert => {
-            let keys = target_detail
-                .as_ref()
-                .map(|d| d.primary_key.clone())
-                .filter(|k| !k.is_empty())
-                .or_else(|| {
-                    source_detail
-                        .as_ref()
-                        .map(|d| d.primary_key.clone())
-                        .filter(|k| !k.is_empty())
-                })
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "upsert needs a primary key on the target table {}",
-                        spec.target.display()
-                    ))
-                })?;
-            Some(keys)
-        }
-        _ => None,
-    };
-    let write_target = WriteTarget {
-        schema: spec.target.schema.clone(),
-        table: spec.target.table.clone(),
-        columns,
-        upsert_keys,
-    };
-    let qualified = qualified_table(
-        target_engine,
-        spec.target.schema.as_deref(),
-        &spec.target.table,
-    );
-    let range_condition = |engine: Engine| -> Option<String> {
-        let (low, high) = range_literals.as_ref()?;
-        let by = quote_ident(engine, spec.by.as_deref()?);
-        Some(match low {
-            Some(low) => format!("{by} > {low} AND {by} <= {high}"),
-            None => format!("{by} <= {high}"),
-        })
-    };
-
-    if let Some(plan) = resume {
-        return run_chunks(
-            spec,
-            plan,
-            reader,
-            target,
-            &write_target,
-            &schema,
-            &sql,
-            source_detail,
-            created_table,
-            progress,
-            started,
-        )
-        .await;
-    }
-
-    // One transaction on the target: clear, write, commit.
-    target.conn().run(begin_sql(target_engine)).await?;
-    let outcome: Result<(u64, Checksum)> = async {
-        match spec.mode {
-            Mode::Replace => {
-                let clear = match target_engine {
-                    Engine::Postgres => format!("TRUNCATE {qualified}"),
-                    _ => format!("DELETE FROM {qualified}"),
-                };
-                target.conn().run(&clear).await?;
+    let resumable = resume.is_some();
+    let outcome: Result<TransferReport> = async {
+        let upsert_keys = match spec.mode {
+            Mode::Upsert => {
+                let keys = target_detail
+                    .as_ref()
+                    .map(|d| d.primary_key.clone())
+                    .filter(|k| !k.is_empty())
+                    .or_else(|| {
+                        source_detail
+                            .as_ref()
+                            .map(|d| d.primary_key.clone())
+                            .filter(|k| !k.is_empty())
+                    })
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "upsert needs a primary key on the target table {}",
+                            spec.target.display()
+                        ))
+                    })?;
+                Some(keys)
             }
-            Mode::Incremental => {
-                if let Some(cond) = range_condition(target_engine) {
-                    target
-                        .conn()
-                        .run(&format!("DELETE FROM {qualified} WHERE {cond}"))
-                        .await?;
-                }
-            }
-            Mode::Append | Mode::Upsert => {}
-        }
-        let written = write(reader.rows, target, &write_target, &progress).await;
-        let checksum = match reader.task.await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(e.context("reading the source")),
-            Err(e) => return Err(Error::Internal(format!("the source reader stopped: {e}"))),
+            _ => None,
         };
-        Ok((written?, checksum))
+        let write_target = WriteTarget {
+            schema: spec.target.schema.clone(),
+            table: spec.target.table.clone(),
+            columns,
+            upsert_keys,
+        };
+        let qualified = qualified_table(
+            target_engine,
+            spec.target.schema.as_deref(),
+            &spec.target.table,
+        );
+        let range_condition = |engine: Engine| -> Option<String> {
+            let (low, high) = range_literals.as_ref()?;
+            let by = quote_ident(engine, spec.by.as_deref()?);
+            Some(match low {
+                Some(low) => format!("{by} > {low} AND {by} <= {high}"),
+                None => format!("{by} <= {high}"),
+            })
+        };
+
+        if let Some(plan) = resume {
+            return run_chunks(
+                spec,
+                plan,
+                reader,
+                target,
+                &write_target,
+                &schema,
+                &sql,
+                source_detail,
+                created_table,
+                progress,
+                started,
+            )
+            .await;
+        }
+
+        // One transaction on the target: clear, write, commit.
+        target.conn().run(begin_sql(target_engine)).await?;
+        let outcome: Result<(u64, Checksum)> = async {
+            match spec.mode {
+                Mode::Replace => {
+                    let clear = match target_engine {
+                        Engine::Postgres => format!("TRUNCATE {qualified}"),
+                        _ => format!("DELETE FROM {qualified}"),
+                    };
+                    target.conn().run(&clear).await?;
+                }
+                Mode::Incremental => {
+                    if let Some(cond) = range_condition(target_engine) {
+                        target
+                            .conn()
+                            .run(&format!("DELETE FROM {qualified} WHERE {cond}"))
+                            .await?;
+                    }
+                }
+                Mode::Append | Mode::Upsert => {}
+            }
+            let written = write(reader.rows, target, &write_target, &progress).await;
+            let checksum = match reader.task.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(e.context("reading the source")),
+                Err(e) => return Err(Error::Internal(format!("the source reader stopped: {e}"))),
+            };
+            Ok((written?, checksum))
+        }
+        .await;
+        let (rows, source_checksum) = match outcome {
+            Ok(v) => {
+                target.conn().run("COMMIT").await?;
+                v
+            }
+            Err(e) => {
+                let _ = target.conn().run("ROLLBACK").await;
+                target.close_on_release();
+                return Err(e);
+            }
+        };
+        if let Some((_, high)) = &range {
+            watermarks.set(&spec.watermark_key(), high).await?;
+        }
+
+        // Read the target back and compare, where the target holds exactly what was moved.
+        let mut target_checksum = None;
+        // Replace and incremental leave the target (or its range) holding exactly the rows moved.
+        if spec.verify && matches!(spec.mode, Mode::Replace | Mode::Incremental) {
+            let cols = write_target
+                .columns
+                .iter()
+                .map(|c| quote_ident(target_engine, c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut check_sql = format!("SELECT {cols} FROM {qualified}");
+            if let Some(cond) = range_condition(target_engine) {
+                check_sql.push_str(&format!(" WHERE {cond}"));
+            }
+            let (_, back) = collect_checksum(target, &check_sql, &schema).await?;
+            if back != source_checksum {
+                return Err(Error::Engine(format!(
+                    "verification failed for {}: the source gave {} rows (checksum {:016x}), the target holds {} (checksum {:016x})",
+                    spec.target.display(),
+                    source_checksum.rows,
+                    source_checksum.sum,
+                    back.rows,
+                    back.sum
+                )));
+            }
+            target_checksum = Some(back);
+        }
+        tracing::info!(target = %spec.target.display(), rows, verified = target_checksum.is_some(), "transfer finished");
+        Ok(TransferReport {
+            rows,
+            created_table,
+            range,
+            verified: target_checksum.is_some(),
+            source_checksum: Some(source_checksum),
+            target_checksum,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
     .await;
-    let (rows, source_checksum) = match outcome {
-        Ok(v) => {
-            target.conn().run("COMMIT").await?;
-            v
+    // A table this transfer created and did not fill completely is dropped again (MySQL commits
+    // DDL at once); a resumable copy keeps it, with its committed chunks, for the next run.
+    if outcome.is_err() && created_table && !resumable {
+        let drop = format!(
+            "DROP TABLE {}",
+            qualified_table(
+                target_engine,
+                spec.target.schema.as_deref(),
+                &spec.target.table
+            )
+        );
+        if let Err(e) = target.conn().run(&drop).await {
+            tracing::warn!(target = %spec.target.display(), error = %e, "could not drop the created target table");
         }
-        Err(e) => {
-            let _ = target.conn().run("ROLLBACK").await;
-            target.close_on_release();
-            return Err(e);
-        }
-    };
-    if let Some((_, high)) = &range {
-        watermarks.set(&spec.watermark_key(), high).await?;
     }
-
-    // Read the target back and compare, where the target holds exactly what was moved.
-    let mut target_checksum = None;
-    // Replace and incremental leave the target (or its range) holding exactly the rows moved.
-    if spec.verify && matches!(spec.mode, Mode::Replace | Mode::Incremental) {
-        let cols = write_target
-            .columns
-            .iter()
-            .map(|c| quote_ident(target_engine, c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut check_sql = format!("SELECT {cols} FROM {qualified}");
-        if let Some(cond) = range_condition(target_engine) {
-            check_sql.push_str(&format!(" WHERE {cond}"));
-        }
-        let (_, back) = collect_checksum(target, &check_sql, &schema).await?;
-        if back != source_checksum {
-            return Err(Error::Engine(format!(
-                "verification failed for {}: the source gave {} rows (checksum {:016x}), the target holds {} (checksum {:016x})",
-                spec.target.display(),
-                source_checksum.rows,
-                source_checksum.sum,
-                back.rows,
-                back.sum
-            )));
-        }
-        target_checksum = Some(back);
-    }
-    tracing::info!(target = %spec.target.display(), rows, verified = target_checksum.is_some(), "transfer finished");
-    Ok(TransferReport {
-        rows,
-        created_table,
-        range,
-        verified: target_checksum.is_some(),
-        source_checksum: Some(source_checksum),
-        target_checksum,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
+    outcome
 }
 
 /// Writes rows as Redis hashes under keys made from the target's key template. HSET replaces the

@@ -270,6 +270,35 @@ pub async fn run_job(server: &TestServer, path: &str, spec: Value) -> Value {
     .await
 }
 
+/// Submits a transfer and waits for it to end; returns the final record.
+pub async fn transfer(server: &TestServer, spec: Value) -> Value {
+    run_job(server, "/api/v1/transfers", spec).await
+}
+
+/// A table endpoint of a transfer.
+pub fn table(instance: &str, table: &str) -> Value {
+    json!({ "instance": instance, "table": table })
+}
+
+/// Exports a table to one Parquet file and loads that file back into a new table `back` on the
+/// same instance (`allow_lossy` passed on); both jobs must succeed and verify.
+pub async fn parquet_round_trip(
+    server: &TestServer,
+    instance: &str,
+    source: &str,
+    file: &str,
+    back: &str,
+    allow_lossy: bool,
+) {
+    let spec =
+        json!({ "source": { "table": table(instance, source) }, "url": file, "format": "parquet" });
+    let out = run_job(server, "/api/v1/exports", spec).await;
+    assert!(succeeded(&out)["rows"].as_u64().unwrap() > 0, "{out}");
+    let spec = json!({ "source": { "files": { "url": file, "format": "parquet" } }, "target": table(instance, back), "create": true, "allow_lossy": allow_lossy });
+    let out = transfer(server, spec).await;
+    assert_eq!(succeeded(&out)["verified"], true, "{out}");
+}
+
 /// The report of a job that must have succeeded.
 pub fn succeeded(v: &Value) -> &Value {
     assert_eq!(v["status"], "succeeded", "{v}");

@@ -8,4 +8,5 @@ mod files;
 mod queries;
 mod schema;
 mod secrets;
+mod torture;
 mod transfers;

@@ -6,15 +6,6 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// Submits a transfer and waits for it to end; returns the final record.
-async fn transfer(server: &TestServer, spec: Value) -> Value {
-    run_job(server, "/api/v1/transfers", spec).await
-}
-
-fn table(instance: &str, table: &str) -> Value {
-    json!({ "instance": instance, "table": table })
-}
-
 const PG_TYPES: &str = "create table src (
     id bigint primary key, small smallint, num integer, name text, amount numeric(12,2), big numeric(38,10),
     ratio double precision, flag boolean, day date, at timestamp, data bytea);

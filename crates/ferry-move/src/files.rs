@@ -92,7 +92,13 @@ pub fn open_location(url: &str, options: &BTreeMap<String, String>) -> Result<Lo
         })?;
     }
     // Requests may only pick a region: credentials, endpoints and transport settings come from the
-    // server's AWS_* environment, so no request can send the server's keys to a host it chooses.
+    // server's environment (AWS_* for s3://, GOOGLE_* for gs://, AZURE_* for az://), so no request
+    // can send the server's keys to a host it chooses.
+    let env_prefix = match parsed.scheme() {
+        "gs" => "GOOGLE_",
+        "az" | "azure" | "abfs" | "abfss" | "adl" => "AZURE_",
+        _ => "AWS_",
+    };
     if let Some(k) = options
         .keys()
         .find(|k| !REQUEST_OPTIONS.contains(&k.to_ascii_lowercase().as_str()))
@@ -102,24 +108,24 @@ pub fn open_location(url: &str, options: &BTreeMap<String, String>) -> Result<Lo
             .any(|c| k.to_ascii_lowercase().contains(c));
         return Err(Error::InvalidInput(if credential {
             format!(
-                "storage option {k:?} is a credential: give credentials to the server in its AWS_* environment, never in a request (requests are stored)"
+                "storage option {k:?} is a credential: give credentials to the server in its {env_prefix}* environment, never in a request (requests are stored)"
             )
         } else {
             format!(
-                "storage option {k:?} cannot be set per request: set it for the server (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, …); requests may set {}",
+                "storage option {k:?} cannot be set per request: set it in the server's {env_prefix}* environment (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, …); requests may set {}",
                 REQUEST_OPTIONS.join(", ")
             )
         }));
     }
     let mut opts: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_"))
+        .filter(|(k, _)| k.starts_with(env_prefix))
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
     opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
     let (store, path) = object_store::parse_url_opts(&parsed, opts).map_err(|e| match e {
         object_store::Error::Generic { .. } | object_store::Error::NotImplemented { .. } => {
             Error::InvalidInput(format!(
-                "unsupported storage URL {url:?}: {e}; use a path, file://, or s3://bucket/prefix"
+                "unsupported storage URL {url:?}: {e}; use a path, file://, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
             ))
         }
         other => Error::InvalidInput(format!("cannot open storage URL {url:?}: {other}")),

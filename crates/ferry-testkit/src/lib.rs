@@ -2,9 +2,9 @@
 //! Outside CI a missing server skips the test with a note; with `CI=true` it fails the test,
 //! so a green CI run always means the servers were there.
 //!
-//! Addresses come from `FERRY_TEST_PG`, `FERRY_TEST_MYSQL`, `FERRY_TEST_REDIS` and
-//! `FERRY_TEST_S3` (an S3-compatible endpoint), defaulting to the loopback servers `scripts/test`
-//! starts.
+//! Addresses come from `FERRY_TEST_PG`, `FERRY_TEST_MYSQL`, `FERRY_TEST_REDIS`,
+//! `FERRY_TEST_S3` (an S3-compatible endpoint) and `FERRY_TEST_AZURE` (Azurite), defaulting to
+//! the loopback servers `scripts/test` starts.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -13,6 +13,9 @@ pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
 pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_S3: &str = "http://127.0.0.1:5000";
+pub const DEFAULT_AZURE: &str = "http://127.0.0.1:10000";
+/// The container `scripts/test` creates on Azurite; tests write under fresh prefixes in it.
+pub const AZURE_CONTAINER: &str = "ferry-test";
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -62,26 +65,39 @@ pub fn redis() -> Option<String> {
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which `scripts/test` sets; moto accepts any keys.
 pub fn s3() -> Option<String> {
     let endpoint = locate("S3 (moto)", "FERRY_TEST_S3", DEFAULT_S3)?;
-    let configured = [
+    let vars = [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_ENDPOINT_URL",
         "AWS_ALLOW_HTTP",
-    ]
-    .iter()
-    .all(|v| std::env::var(v).is_ok());
-    if !configured {
-        if in_ci() {
-            panic!(
-                "the S3 tests need AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and AWS_ALLOW_HTTP; scripts/test sets them"
-            );
-        }
-        eprintln!(
-            "skipping: set AWS_ENDPOINT_URL={endpoint} AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test for the S3 tests"
-        );
-        return None;
+    ];
+    configured("S3", &vars).then_some(endpoint)
+}
+
+/// Whether the server-side settings a store's tests rely on are in the environment; in CI their
+/// absence fails the test.
+fn configured(what: &str, vars: &[&str]) -> bool {
+    if vars.iter().all(|v| std::env::var(v).is_ok()) {
+        return true;
     }
-    Some(endpoint)
+    if in_ci() {
+        panic!(
+            "the {what} tests need {}; scripts/test sets them",
+            vars.join(", ")
+        );
+    }
+    eprintln!(
+        "skipping: the {what} tests need {}; scripts/test sets them",
+        vars.join(", ")
+    );
+    false
+}
+
+/// Azurite on loopback, if reachable and configured (`AZURE_STORAGE_USE_EMULATOR=true`); returns
+/// a fresh prefix inside [`AZURE_CONTAINER`].
+pub fn azure() -> Option<String> {
+    locate("Azure Blob (Azurite)", "FERRY_TEST_AZURE", DEFAULT_AZURE)?;
+    configured("Azure", &["AZURE_STORAGE_USE_EMULATOR"]).then(fresh_name)
 }
 
 /// Creates an empty bucket on the test S3 endpoint and returns its name.

@@ -263,11 +263,20 @@ pub async fn run_job(server: &TestServer, path: &str, spec: Value) -> Value {
     let (status, v) = server.post(path, spec.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{spec}: {v}");
     let id = v["id"].as_str().unwrap().to_string();
-    wait_for("the job to end", 120, || async {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
         let (_, v) = server.get(&format!("/api/v1/transfers/{id}")).await;
-        (v["status"] != "running").then_some(v)
-    })
-    .await
+        if v["status"] != "running" {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let logs = captured_logs();
+            let ferry: Vec<&str> = logs.lines().filter(|l| l.contains("ferry_")).collect();
+            let tail = ferry[ferry.len().saturating_sub(60)..].join("\n");
+            panic!("the job did not end in 120 s: {v}\nlast Ferry log lines:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Submits a transfer and waits for it to end; returns the final record.

@@ -387,7 +387,7 @@ fn wait_transfer(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(120 + events_rows() as u64 / 10_000);
     loop {
         let v: serde_json::Value =
             serde_json::from_str(&s.ok(&["transfer", "show", id, "-o", "json"])).unwrap();
@@ -408,8 +408,9 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
         return;
     };
     // Kill the server at several points of the copy: before rows flow, early, and late.
+    let rows = events_rows();
     let mut interrupted = 0;
-    for threshold in [0, 20_000, 100_000] {
+    for threshold in [0, rows / 15, rows / 3, rows * 2 / 3] {
         let id = s
             .ok(&[
                 "copy",
@@ -440,7 +441,7 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
         interrupted += 1;
         // Whatever the kill left behind is all or nothing: a committed copy or none.
         let n = rows_in(&s, "dst", "events");
-        assert!(n == 0 || n == 300_000, "a killed copy left {n} rows");
+        assert!(n == 0 || n == rows, "a killed copy left {n} rows");
     }
     assert!(
         interrupted >= 2,
@@ -448,7 +449,8 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
     );
     let done = s.ok(&["copy", "src:public.events", "dst:events", "--create"]);
     assert!(
-        done.contains("copied 300000 rows") && done.contains("verified: 300000 rows"),
+        done.contains(&format!("copied {rows} rows"))
+            && done.contains(&format!("verified: {rows} rows")),
         "{done}"
     );
     let counts = s.ok(&[
@@ -458,7 +460,12 @@ fn a_copy_killed_at_any_point_runs_again_exactly() {
         "-o",
         "csv",
     ]);
-    assert_eq!(counts.lines().nth(1), Some("300000,300000"), "{counts}");
+    assert_eq!(
+        counts.lines().nth(1),
+        Some(format!("{rows},{rows}").as_str()),
+        "{counts}"
+    );
+    eprintln!("{interrupted} kills landed in a copy of {rows} rows; the run after them: {done}");
     drop_databases(&s, &db);
 }
 
@@ -467,6 +474,9 @@ fn a_resumable_copy_continues_after_a_kill() {
     let Some((mut s, db)) = served_with_events("resume") else {
         return;
     };
+    let rows = events_rows();
+    let chunk = rows / 10;
+    let chunk_arg = chunk.to_string();
     let args = [
         "copy",
         "src:public.events",
@@ -474,7 +484,7 @@ fn a_resumable_copy_continues_after_a_kill() {
         "--create",
         "--resumable",
         "--chunk-rows",
-        "30000",
+        &chunk_arg,
     ];
     let id = s
         .ok(&[&args[..], &["--detach"]].concat())
@@ -482,7 +492,7 @@ fn a_resumable_copy_continues_after_a_kill() {
         .to_string();
     // Kill once some chunks are committed, and before the copy can end.
     let seen = wait_transfer(&s, &id, "chunks to commit", |v| {
-        v["rows_written"].as_i64().unwrap_or(0) >= 90_000 || v["status"] != "running"
+        v["rows_written"].as_i64().unwrap_or(0) >= 3 * chunk || v["status"] != "running"
     });
     s.kill_and_restart();
     let after = wait_transfer(&s, &id, "the restarted server to mark the copy", |v| {
@@ -492,12 +502,12 @@ fn a_resumable_copy_continues_after_a_kill() {
     // A copy the kill interrupted kept whole committed chunks; one that finished first kept all.
     let expected_moved = if after["status"] == "failed" {
         assert!(
-            kept >= 30_000 && kept % 30_000 == 0 && kept < 300_000,
+            kept >= chunk && kept % chunk == 0 && kept < rows,
             "committed chunks stay: {kept} rows ({seen})"
         );
-        300_000 - kept
+        rows - kept
     } else {
-        300_000
+        rows
     };
     let done = s.ok(&args);
     // Each chunk is verified as it commits; this run reports the chunks it moved.
@@ -522,7 +532,11 @@ fn a_resumable_copy_continues_after_a_kill() {
         "-o",
         "csv",
     ]);
-    assert_eq!(counts.lines().nth(1), Some("300000,300000"), "{counts}");
+    assert_eq!(
+        counts.lines().nth(1),
+        Some(format!("{rows},{rows}").as_str()),
+        "{counts}"
+    );
     let checkpoints = s.ok(&[
         "sql",
         "dst",
@@ -554,8 +568,17 @@ fn rows_in(s: &Served, instance: &str, table: &str) -> i64 {
     out.lines().nth(1).unwrap().parse().unwrap()
 }
 
-/// A server with instances `src` (a fresh PostgreSQL database holding `events`, 300,000 rows
-/// keyed by `id`) and `dst` (a fresh MariaDB database); `None` when the servers are missing.
+/// Rows in the kill tests' source table: 300,000 by default; `FERRY_KILL_ROWS=5000000` runs the
+/// same tests at the 5M rows (`bench/README.md` records such a run).
+fn events_rows() -> i64 {
+    std::env::var("FERRY_KILL_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000)
+}
+
+/// A server with instances `src` (a fresh PostgreSQL database holding `events`, `events_rows()`
+/// rows keyed by `id`) and `dst` (a fresh MariaDB database); `None` when the servers are missing.
 fn served_with_events(name: &str) -> Option<(Served, String)> {
     let (pg, my) = (ferry_testkit::postgres()?, ferry_testkit::mysql()?);
     let s = Served::start();
@@ -584,7 +607,7 @@ fn served_with_events(name: &str) -> Option<(Served, String)> {
     s.ok(&[
         "sql",
         "src",
-        "create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, 300000) g; alter table events add primary key (id)",
+        &format!("create table events as select g::bigint as id, md5(g::text) as payload from generate_series(1, {}) g; alter table events add primary key (id)", events_rows()),
     ]);
     Some((s, db))
 }

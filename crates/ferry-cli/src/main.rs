@@ -2,6 +2,7 @@
 //! running server (`--server`, `FERRY_SERVER`). Exit codes: 0 ok, 1 failed, 2 usage.
 
 mod client;
+mod flows;
 mod render;
 
 use std::io::{IsTerminal, Read};
@@ -73,6 +74,12 @@ enum Command {
     /// Archives: files queried with SQL as instance `archive` (`ferry sql archive "…"`).
     #[command(subcommand)]
     Archive(ArchiveCmd),
+    /// Task flows: apply TOML definitions, run them now or over a date range, schedules on/off.
+    #[command(subcommand)]
+    Flow(flows::FlowCmd),
+    /// Runs of task flows: list, show a run's nodes, logs, cancel, restore, rerun.
+    #[command(subcommand)]
+    Run(flows::RunCmd),
 }
 
 #[derive(Subcommand)]
@@ -436,6 +443,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(&client, out, args).await,
         Command::Import(args) => import(&client, out, args).await,
         Command::Archive(cmd) => archive(&client, out, cmd).await,
+        Command::Flow(cmd) => flows::flow(&client, out, cmd).await,
+        Command::Run(cmd) => flows::run(&client, out, cmd).await,
     }
 }
 

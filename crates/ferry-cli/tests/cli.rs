@@ -620,3 +620,123 @@ fn drop_databases(s: &Served, db: &str) {
     ]);
     s.ok(&["sql", "myadmin", &format!("drop database {db}")]);
 }
+
+#[test]
+fn flows_from_the_cli_archive_each_day_and_show_their_runs() {
+    let s = Served::start();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive/orders");
+    let flow = format!(
+        r#"
+name = "archive_orders"
+description = "yesterday's demo orders to a daily Parquet partition"
+[schedule]
+cron = "0 5 * * *"
+timezone = "UTC"
+
+[[nodes]]
+id = "export"
+kind = "export"
+params = {{ source = {{ table = {{ instance = "demo", table = "orders" }} }}, url = "{}", format = "parquet", partition_by = "y=${{yyyy}}/m=${{mm}}/d=${{dd}}", partition_column = "created_date", where = "created_date = ${{bizdate}}" }}
+
+[[nodes]]
+id = "count"
+kind = "sql"
+upstream = ["export"]
+params = {{ instance = "demo", sql = "select count(*) as n from orders where created_date = ${{bizdate}}", output = ["n"] }}
+"#,
+        archive.display()
+    );
+    let file = dir.path().join("archive.toml");
+    std::fs::write(&file, flow).unwrap();
+    let applied = s.ok(&["flow", "apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        applied.contains("flow archive_orders is at version 1, scheduled 0 5 * * * (UTC)"),
+        "{applied}"
+    );
+    // Seven days, three at a time.
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (
+        (today - chrono::Duration::days(7)).to_string(),
+        (today - chrono::Duration::days(1)).to_string(),
+    );
+    let started = s.ok(&[
+        "flow",
+        "backfill",
+        "archive_orders",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--parallel",
+        "3",
+        "-o",
+        "json",
+    ]);
+    let runs: serde_json::Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 7, "{started}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = s.ok(&["run", "list", "--flow", "archive_orders", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+        let statuses: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert!(!statuses.contains(&"failed"), "{list}");
+        if statuses.iter().filter(|s| **s == "success").count() == 7 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backfill did not finish: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let partitions = |root: &std::path::Path| {
+        let mut found = Vec::new();
+        for y in std::fs::read_dir(root).unwrap() {
+            for m in std::fs::read_dir(y.unwrap().path()).unwrap() {
+                for d in std::fs::read_dir(m.unwrap().path()).unwrap() {
+                    let d = d.unwrap().path();
+                    let files: Vec<_> = std::fs::read_dir(&d)
+                        .unwrap()
+                        .map(|f| f.unwrap().file_name())
+                        .collect();
+                    found.push((d.display().to_string(), files.len()));
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let seven = partitions(&archive);
+    assert_eq!(seven.len(), 7, "{seven:?}");
+    assert!(seven.iter().all(|(_, files)| *files == 1), "{seven:?}");
+    // One day again, waited for: it replaces its partition and nothing else.
+    let again = s.ok(&["flow", "run", "archive_orders", "--bizdate", &to, "--wait"]);
+    assert!(again.contains("success"), "{again}");
+    assert_eq!(partitions(&archive), seven);
+    let id = again.split_whitespace().nth(1).unwrap().to_string();
+    let logs = s.ok(&["run", "logs", &id]);
+    assert!(
+        logs.contains("[export] wrote ") && logs.contains("1000 rows"),
+        "{logs}"
+    );
+    let shown = s.ok(&["run", "show", &id, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["tasks"][1]["outputs"]["n"], "1000");
+    // A failing flow: exit code 1, and the message names the node.
+    std::fs::write(
+        &file,
+        "name = \"broken\"\n[[nodes]]\nid = \"oops\"\nkind = \"sql\"\nparams = { instance = \"demo\", sql = \"select * from nowhere\" }\n",
+    )
+    .unwrap();
+    s.ok(&["flow", "apply", "-f", file.to_str().unwrap()]);
+    let failed = s.ferry(&["flow", "run", "broken", "--wait"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains("node oops failed"),
+        "{}",
+        stderr(&failed)
+    );
+}

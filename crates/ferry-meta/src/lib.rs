@@ -3,6 +3,7 @@
 //! traits, with one SQL implementation that runs on SQLite (the embedded default) and on
 //! PostgreSQL (for several nodes), embedded migrations, and AES-256-GCM encryption of secrets.
 
+mod flows;
 pub mod secret;
 mod sql;
 
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use ferry_core::Result;
 use serde::{Deserialize, Serialize};
 
+pub use flows::{FlowRecord, FlowRepo, FlowRunRecord, TaskLogLine, TaskRunRecord};
 pub use secret::MasterKey;
 pub use sql::SqlStore;
 
@@ -137,7 +139,7 @@ pub trait ArchiveRepo: Send + Sync {
 
 /// Everything the server needs from the store.
 pub trait MetaStore:
-    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo
+    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo + FlowRepo
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

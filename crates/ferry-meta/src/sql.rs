@@ -84,15 +84,75 @@ const MIGRATIONS: &[(i64, &str)] = &[
     )",
     ),
     (4, "alter table transfers add column rows_expected bigint"),
+    (
+        5,
+        "create table flows (
+        name text primary key,
+        version bigint not null,
+        enabled bigint not null,
+        next_fire_ms bigint,
+        created_at_ms bigint not null,
+        updated_at_ms bigint not null
+    );
+    create table flow_versions (
+        flow text not null,
+        version bigint not null,
+        spec text not null,
+        created_at_ms bigint not null,
+        primary key (flow, version)
+    );
+    create table flow_runs (
+        id text primary key,
+        flow text not null,
+        version bigint not null,
+        status text not null,
+        trigger_kind text not null,
+        fire_key text,
+        scheduled_ms bigint not null,
+        bizdate text not null,
+        variables text not null,
+        error text,
+        created_at_ms bigint not null,
+        started_at_ms bigint,
+        finished_at_ms bigint
+    );
+    create unique index flow_runs_fire_key on flow_runs (fire_key);
+    create index flow_runs_by_flow on flow_runs (flow, created_at_ms);
+    create table task_runs (
+        id text primary key,
+        run_id text not null,
+        node text not null,
+        status text not null,
+        attempt bigint not null,
+        priority bigint not null,
+        lease_owner text,
+        lease_until_ms bigint,
+        available_at_ms bigint not null,
+        started_at_ms bigint,
+        finished_at_ms bigint,
+        error text,
+        outputs text,
+        row_count bigint not null
+    );
+    create index task_runs_by_run on task_runs (run_id);
+    create index task_runs_ready on task_runs (status, available_at_ms);
+    create table task_logs (
+        task_id text not null,
+        seq bigint not null,
+        at_ms bigint not null,
+        line text not null,
+        primary key (task_id, seq)
+    )",
+    ),
 ];
 
 /// The metadata store on SQLite or PostgreSQL.
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: &'static str,
 }
 
-fn store_error(e: sqlx::Error) -> Error {
+pub(crate) fn store_error(e: sqlx::Error) -> Error {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             Error::Conflict(db.message().to_string())
@@ -190,7 +250,7 @@ impl SqlStore {
 
 impl SqlStore {
     /// One job record by id.
-    async fn fetch_by_id<T>(
+    pub(crate) async fn fetch_by_id<T>(
         &self,
         columns: &str,
         table: &str,

@@ -1,8 +1,8 @@
 //! The same repository suite on both backends: the embedded SQLite store and PostgreSQL.
 
 use ferry_meta::{
-    InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord, SqlStore,
-    TransferRecord, now_ms,
+    FlowRunRecord, InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord,
+    SqlStore, TaskRunRecord, TransferRecord, now_ms,
 };
 
 fn instance(name: &str) -> InstanceRecord {
@@ -169,6 +169,155 @@ async fn suite(store: &dyn MetaStore) {
     );
     assert!(store.delete_archive("arch").await.unwrap());
     assert!(store.list_archives().await.unwrap().is_empty());
+
+    flows(store).await;
+}
+
+fn task(run: &str, node: &str, status: &str, priority: i64) -> TaskRunRecord {
+    TaskRunRecord {
+        id: format!("{run}:{node}"),
+        run_id: run.into(),
+        node: node.into(),
+        status: status.into(),
+        attempt: 0,
+        priority,
+        lease_owner: None,
+        lease_until_ms: None,
+        available_at_ms: now_ms(),
+        started_at_ms: None,
+        finished_at_ms: None,
+        error: None,
+        outputs: None,
+        rows: 0,
+    }
+}
+
+/// Flow versions, fire keys, and leases: one claimant per task, expired leases requeued.
+async fn flows(store: &dyn MetaStore) {
+    assert_eq!(store.apply_flow("f", "{\"v\":1}", true).await.unwrap(), 1);
+    assert_eq!(store.apply_flow("f", "{\"v\":2}", true).await.unwrap(), 2);
+    assert_eq!(
+        store.get_flow("f").await.unwrap().unwrap().spec,
+        "{\"v\":2}"
+    );
+    assert_eq!(
+        store.get_flow_version("f", 1).await.unwrap().as_deref(),
+        Some("{\"v\":1}")
+    );
+    let run = FlowRunRecord {
+        id: "r1".into(),
+        flow: "f".into(),
+        version: 2,
+        status: "running".into(),
+        trigger: "schedule".into(),
+        fire_key: Some("f@1000".into()),
+        scheduled_ms: 1000,
+        bizdate: "2026-11-21".into(),
+        variables: "{}".into(),
+        error: None,
+        created_at_ms: now_ms(),
+        started_at_ms: Some(now_ms()),
+        finished_at_ms: None,
+    };
+    let tasks = [
+        task("r1", "low", "queued", 0),
+        task("r1", "high", "queued", 5),
+        task("r1", "later", "waiting", 9),
+    ];
+    store.create_run(&run, &tasks).await.unwrap();
+    // The same fire time again is refused and adds nothing.
+    let twice = FlowRunRecord {
+        id: "r2".into(),
+        ..run.clone()
+    };
+    assert_eq!(
+        store
+            .create_run(&twice, &[task("r2", "x", "queued", 0)])
+            .await
+            .unwrap_err()
+            .code(),
+        "conflict"
+    );
+    assert!(store.get_run("r2").await.unwrap().is_none());
+    // Claims: the most urgent ready task first, each to one worker only.
+    let now = now_ms();
+    let a = store
+        .claim_task("worker-a", now, now + 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.node.as_str(), a.status.as_str()), ("high", "running"));
+    let b = store
+        .claim_task("worker-b", now, now + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.node, "low");
+    assert!(
+        store
+            .claim_task("worker-c", now, now + 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "waiting tasks are not ready"
+    );
+    // A lease renewed only by its holder; an expired one goes back to the queue.
+    assert!(
+        !store
+            .renew_lease(&a.id, "worker-b", now + 200)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.requeue_expired(now + 1_000).await.unwrap(), 1);
+    let again = store
+        .claim_task("worker-c", now + 1_000, now + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.node.as_str(), again.lease_owner.as_deref()),
+        ("high", Some("worker-c"))
+    );
+    // The old holder cannot finish it any more.
+    let mut done = a.clone();
+    done.status = "success".into();
+    assert!(!store.finish_task(&done, "worker-a").await.unwrap());
+    assert!(store.finish_task(&done, "worker-c").await.unwrap());
+    // Moves are conditional: only from the states named.
+    assert!(
+        store
+            .move_task("r1:later", &["waiting"], "queued", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .move_task("r1:later", &["waiting"], "queued", now)
+            .await
+            .unwrap()
+    );
+    store.append_task_log("r1:high", "one").await.unwrap();
+    store.append_task_log("r1:high", "two").await.unwrap();
+    let lines: Vec<_> = store
+        .task_logs("r1:high", 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.line))
+        .collect();
+    assert_eq!(lines, [(2, "two".to_string())]);
+    let runs = store
+        .list_runs(Some("f"), Some("running"), 10)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(
+        store
+            .list_runs(None, Some("failed"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

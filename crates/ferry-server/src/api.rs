@@ -60,7 +60,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 #[openapi(
     info(
         title = "Ferry API",
-        description = "Instances, SQL console, SQL windows and async queries"
+        description = "Instances, SQL console, SQL windows, async queries, transfers, archives and task flows"
     ),
     paths(
         healthz,
@@ -96,7 +96,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         schema_diff,
         list_archives,
         add_archive,
-        remove_archive
+        remove_archive,
+        crate::flows::apply_flow,
+        crate::flows::list_flows,
+        crate::flows::show_flow,
+        crate::flows::enable_flow,
+        crate::flows::disable_flow,
+        crate::flows::run_flow,
+        crate::flows::backfill_flow,
+        crate::flows::list_runs,
+        crate::flows::show_run,
+        crate::flows::run_logs,
+        crate::flows::cancel_run,
+        crate::flows::restore_run,
+        crate::flows::rerun_run
     ),
     components(schemas(
         AddInstance,
@@ -108,7 +121,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         SessionDto,
         SubmitQuery,
         QueryDto,
-        TransferDto
+        TransferDto,
+        crate::flows::ApplyFlow,
+        crate::flows::FlowDto,
+        crate::flows::RunFlow,
+        crate::flows::RunDto,
+        crate::flows::TaskDto,
+        crate::flows::Backfill,
+        crate::flows::LogLineDto
     ))
 )]
 pub struct ApiDoc;
@@ -162,6 +182,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/schema-diff", get(schema_diff))
         .route("/api/v1/archives", get(list_archives).post(add_archive))
         .route("/api/v1/archives/{name}", delete(remove_archive))
+        .merge(crate::flows::routes())
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),

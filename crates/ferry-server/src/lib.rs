@@ -8,6 +8,7 @@ pub mod console;
 pub mod demo;
 pub mod encode;
 pub mod error;
+pub mod flows;
 pub mod instances;
 pub mod metrics;
 pub mod policy;
@@ -39,6 +40,13 @@ pub struct ServerConfig {
     pub max_interactive_rows: usize,
     /// How often connection policies are checked.
     pub policy_interval: Duration,
+    /// Flow tasks this node runs at once.
+    pub task_slots: usize,
+    /// How long a worker's lease on a task lasts without renewal; a dead worker's tasks return
+    /// to the queue after it.
+    pub task_lease: Duration,
+    /// How often the scheduler looks for due flows.
+    pub scheduler_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +59,9 @@ impl Default for ServerConfig {
             row_limit: 1000,
             max_interactive_rows: 100_000,
             policy_interval: Duration::from_secs(1),
+            task_slots: 4,
+            task_lease: Duration::from_secs(30),
+            scheduler_interval: Duration::from_secs(1),
         }
     }
 }
@@ -64,6 +75,7 @@ pub struct AppState {
     pub sessions: sessions::Sessions,
     pub queries: queries::AsyncQueries,
     pub transfers: transfers::Transfers,
+    pub flows: flows::Flows,
     pub metrics: metrics::Metrics,
 }
 
@@ -107,6 +119,7 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
         sessions: sessions::Sessions::default(),
         queries: queries::AsyncQueries::default(),
         transfers: transfers::Transfers::default(),
+        flows: flows::Flows::default(),
         metrics: metrics::Metrics::new(),
         meta,
         key,
@@ -139,6 +152,7 @@ impl BoundServer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let policy = tokio::spawn(policy::run(self.state.clone()));
+        flows::start(&self.state);
         let app = api::router(self.state.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
@@ -150,6 +164,7 @@ impl BoundServer {
             .close_all(&self.state, "the server is shutting down");
         self.state.queries.cancel_all();
         self.state.transfers.cancel_all();
+        self.state.flows.stop();
         Ok(())
     }
 }

@@ -83,7 +83,7 @@ impl From<TransferRecord> for TransferDto {
     }
 }
 
-struct StoreWatermarks(Arc<dyn MetaStore>);
+pub(crate) struct StoreWatermarks(pub(crate) Arc<dyn MetaStore>);
 
 #[async_trait]
 impl WatermarkStore for StoreWatermarks {

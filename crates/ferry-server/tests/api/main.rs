@@ -5,6 +5,7 @@ mod common;
 mod connections;
 mod console;
 mod files;
+mod flows;
 mod queries;
 mod schema;
 mod secrets;

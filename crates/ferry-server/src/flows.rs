@@ -1,0 +1,606 @@
+//! Task flows over HTTP: apply (TOML or JSON), list, enable/disable, run now, backfill, and the
+//! O&M view of runs with their tasks and logs. The executor's workers and the scheduler run
+//! inside the server (`start`); all their state is in the metadata store.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use async_trait::async_trait;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::NaiveDate;
+use ferry_connect::InstancePool;
+use ferry_core::{Error, Result};
+use ferry_flow::exec::{self, RunRequest};
+use ferry_flow::{Executor, FlowSpec, vars};
+use ferry_meta::{FlowRecord, FlowRunRecord, MetaStore, TaskLogLine, TaskRunRecord};
+use ferry_move::WatermarkStore;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::api::{ApiJson, ApiQuery};
+use crate::error::ApiResult;
+use crate::{AppState, SharedState};
+
+/// The executor and scheduler of this node.
+#[derive(Default)]
+pub struct Flows {
+    executor: OnceLock<Arc<Executor>>,
+    shutdown: CancellationToken,
+}
+
+impl Flows {
+    fn executor(&self) -> Option<&Arc<Executor>> {
+        self.executor.get()
+    }
+
+    fn wake(&self) {
+        if let Some(e) = self.executor() {
+            e.wake();
+        }
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What tasks reach through the server: pools (with their caps) and watermarks.
+struct StateResources(Weak<AppState>);
+
+#[async_trait]
+impl ferry_flow::Resources for StateResources {
+    async fn pool(&self, instance: &str) -> Result<Arc<InstancePool>> {
+        let state = self
+            .0
+            .upgrade()
+            .ok_or_else(|| Error::Cancelled("the server is shutting down".into()))?;
+        state.pool(instance).await
+    }
+
+    fn watermarks(&self) -> Arc<dyn WatermarkStore> {
+        match self.0.upgrade() {
+            Some(state) => Arc::new(crate::transfers::StoreWatermarks(state.meta.clone())),
+            None => Arc::new(NoWatermarks),
+        }
+    }
+}
+
+struct NoWatermarks;
+
+#[async_trait]
+impl WatermarkStore for NoWatermarks {
+    async fn get(&self, _: &str) -> Result<Option<String>> {
+        Err(Error::Cancelled("the server is shutting down".into()))
+    }
+    async fn set(&self, _: &str, _: &str) -> Result<()> {
+        Err(Error::Cancelled("the server is shutting down".into()))
+    }
+}
+
+/// Starts this node's workers and scheduler.
+pub fn start(state: &SharedState) {
+    let owner = format!(
+        "{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let executor = Executor::new(
+        state.meta.clone(),
+        Arc::new(StateResources(Arc::downgrade(state))),
+        owner,
+        state.config.task_slots,
+        state.config.task_lease,
+    );
+    if state.flows.executor.set(executor.clone()).is_err() {
+        return;
+    }
+    let shutdown = state.flows.shutdown.clone();
+    tokio::spawn(executor.clone().run(shutdown.clone()));
+    tokio::spawn(ferry_flow::sched::run(
+        state.meta.clone(),
+        executor,
+        state.config.scheduler_interval,
+        shutdown,
+    ));
+}
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/flows", get(list_flows).post(apply_flow))
+        .route("/api/v1/flows/{name}", get(show_flow))
+        .route("/api/v1/flows/{name}/enable", post(enable_flow))
+        .route("/api/v1/flows/{name}/disable", post(disable_flow))
+        .route("/api/v1/flows/{name}/runs", post(run_flow))
+        .route("/api/v1/flows/{name}/backfill", post(backfill_flow))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(show_run))
+        .route("/api/v1/runs/{id}/logs", get(run_logs))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/runs/{id}/restore", post(restore_run))
+        .route("/api/v1/runs/{id}/rerun", post(rerun_run))
+}
+
+/// A flow definition: TOML text (`toml`) or the same structure as JSON (`spec`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyFlow {
+    #[serde(default)]
+    pub toml: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlowDto {
+    pub name: String,
+    pub version: i64,
+    pub enabled: bool,
+    pub description: String,
+    pub schedule: Option<String>,
+    pub next_fire_ms: Option<i64>,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+fn flow_dto(r: FlowRecord) -> Result<FlowDto> {
+    let spec: FlowSpec =
+        serde_json::from_str(&r.spec).map_err(|e| Error::Internal(format!("stored flow: {e}")))?;
+    Ok(FlowDto {
+        name: r.name,
+        version: r.version,
+        enabled: r.enabled,
+        description: spec.description.clone(),
+        schedule: spec
+            .schedule
+            .as_ref()
+            .map(|s| format!("{} ({})", s.cron, s.timezone)),
+        next_fire_ms: r.next_fire_ms,
+        spec: serde_json::to_value(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+    })
+}
+
+/// Checks a definition against the registered instances and stores it as a new version.
+pub async fn apply(state: &SharedState, req: ApplyFlow) -> Result<FlowDto> {
+    let spec = match (req.toml, req.spec) {
+        (Some(text), None) => FlowSpec::from_toml(&text)?,
+        (None, Some(value)) => FlowSpec::from_json(value)?,
+        _ => {
+            return Err(Error::InvalidInput(
+                "give the flow as exactly one of \"toml\" (the file's text) or \"spec\" (JSON)"
+                    .into(),
+            ));
+        }
+    };
+    let mut known: Vec<String> = state
+        .meta
+        .list_instances()
+        .await?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    known.push(ferry_query::ARCHIVE_INSTANCE.to_string());
+    spec.validate(&|name| known.iter().any(|k| k == name))?;
+    let enabled = spec.schedule.as_ref().is_none_or(|s| s.enabled);
+    let text = serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+    let version = state.meta.apply_flow(&spec.name, &text, enabled).await?;
+    tracing::info!(flow = %spec.name, version, "flow applied");
+    flow_dto(get_flow(state.meta.as_ref(), &spec.name).await?)
+}
+
+async fn get_flow(meta: &dyn MetaStore, name: &str) -> Result<FlowRecord> {
+    meta.get_flow(name).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "flow \"{name}\" does not exist; apply it with `ferry flow apply -f FILE`"
+        ))
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/flows", request_body = ApplyFlow,
+    responses((status = 201, body = FlowDto), (status = 400, description = "The definition is invalid; the message names the node and field")))]
+pub async fn apply_flow(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<ApplyFlow>,
+) -> ApiResult<Response> {
+    let dto = apply(&state, req).await?;
+    Ok((StatusCode::CREATED, Json(dto)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/flows", responses((status = 200, body = Vec<FlowDto>)))]
+pub async fn list_flows(State(state): State<SharedState>) -> ApiResult<Json<Vec<FlowDto>>> {
+    let flows = state.meta.list_flows().await?;
+    Ok(Json(
+        flows.into_iter().map(flow_dto).collect::<Result<_>>()?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/flows/{name}", responses((status = 200, body = FlowDto), (status = 404)))]
+pub async fn show_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FlowDto>> {
+    Ok(Json(flow_dto(get_flow(state.meta.as_ref(), &name).await?)?))
+}
+
+async fn set_enabled(state: &SharedState, name: &str, enabled: bool) -> Result<FlowDto> {
+    if !state.meta.set_flow_enabled(name, enabled).await? {
+        get_flow(state.meta.as_ref(), name).await?;
+    }
+    flow_dto(get_flow(state.meta.as_ref(), name).await?)
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/{name}/enable", responses((status = 200, body = FlowDto), (status = 404)))]
+pub async fn enable_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FlowDto>> {
+    Ok(Json(set_enabled(&state, &name, true).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/{name}/disable", responses((status = 200, body = FlowDto), (status = 404)))]
+pub async fn disable_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FlowDto>> {
+    Ok(Json(set_enabled(&state, &name, false).await?))
+}
+
+/// A manual run: for a business date (default: yesterday in the flow's time zone), with values
+/// for flow variables.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunFlow {
+    #[serde(default)]
+    pub bizdate: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunDto {
+    pub id: String,
+    pub flow: String,
+    pub version: i64,
+    pub status: String,
+    pub trigger: String,
+    pub bizdate: String,
+    pub scheduled_ms: i64,
+    #[schema(value_type = Object)]
+    pub variables: serde_json::Value,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// The run's nodes (in a run's detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskDto>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskDto {
+    pub node: String,
+    pub kind: String,
+    pub upstream: Vec<String>,
+    pub status: String,
+    pub attempt: i64,
+    pub rows: i64,
+    pub error: Option<String>,
+    #[schema(value_type = Object)]
+    pub outputs: serde_json::Value,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+fn run_dto(r: FlowRunRecord, tasks: Option<Vec<TaskDto>>) -> RunDto {
+    let variables: BTreeMap<String, vars::Value> =
+        serde_json::from_str(&r.variables).unwrap_or_default();
+    RunDto {
+        id: r.id,
+        flow: r.flow,
+        version: r.version,
+        status: r.status,
+        trigger: r.trigger,
+        bizdate: r.bizdate,
+        scheduled_ms: r.scheduled_ms,
+        variables: variables
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v.value)))
+            .collect(),
+        error: r.error,
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+        tasks,
+    }
+}
+
+fn task_dto(t: TaskRunRecord, spec: &FlowSpec) -> TaskDto {
+    let node = spec.node(&t.node);
+    TaskDto {
+        kind: node.map(|n| n.kind.clone()).unwrap_or_default(),
+        upstream: node.map(|n| n.upstream.clone()).unwrap_or_default(),
+        status: t.status,
+        attempt: t.attempt,
+        rows: t.rows,
+        error: t.error,
+        outputs: t
+            .outputs
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or(serde_json::Value::Null),
+        duration_ms: t.started_at_ms.zip(t.finished_at_ms).map(|(s, f)| f - s),
+        started_at_ms: t.started_at_ms,
+        finished_at_ms: t.finished_at_ms,
+        node: t.node,
+    }
+}
+
+fn parse_date(field: &str, value: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
+        Error::InvalidInput(format!("{field} {value:?} is not a date like 2026-11-21"))
+    })
+}
+
+/// The time zone of a flow's schedule (UTC without one).
+async fn flow_tz(state: &SharedState, name: &str) -> Result<chrono_tz::Tz> {
+    let record = get_flow(state.meta.as_ref(), name).await?;
+    let spec: FlowSpec = serde_json::from_str(&record.spec)
+        .map_err(|e| Error::Internal(format!("stored flow: {e}")))?;
+    match &spec.schedule {
+        Some(s) => s.tz(),
+        None => Ok(chrono_tz::UTC),
+    }
+}
+
+/// Starts a run now.
+pub async fn run_now(state: &SharedState, name: &str, req: RunFlow) -> Result<RunDto> {
+    let tz = flow_tz(state, name).await?;
+    let at = match &req.bizdate {
+        Some(d) => vars::scheduled_for_bizdate(parse_date("bizdate", d)?, tz)?,
+        None => chrono::Utc::now().with_timezone(&tz),
+    };
+    let run = exec::start_run(
+        state.meta.as_ref(),
+        RunRequest {
+            flow: name.to_string(),
+            trigger: "manual".into(),
+            at,
+            overrides: req.params,
+            fire_key: None,
+        },
+    )
+    .await?
+    .ok_or_else(|| {
+        Error::Conflict(format!(
+            "flow \"{name}\" has a run in progress and its concurrency is \"skip\"; wait for it or cancel it"
+        ))
+    })?;
+    state.flows.wake();
+    Ok(run_dto(run, None))
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/{name}/runs", request_body = RunFlow,
+    responses((status = 202, body = RunDto), (status = 400), (status = 404), (status = 409)))]
+pub async fn run_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    // The body is optional: an empty one runs for yesterday without parameters.
+    let req: RunFlow = if body.iter().all(u8::is_ascii_whitespace) {
+        RunFlow::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::InvalidInput(format!("invalid request body: {e}")))?
+    };
+    let dto = run_now(&state, &name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
+}
+
+/// A backfill: one run per business date from `from` to `to` (inclusive), oldest first unless
+/// `descending`, at most `parallel` at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backfill {
+    pub from: String,
+    pub to: String,
+    #[serde(default = "one")]
+    pub parallel: usize,
+    #[serde(default)]
+    pub descending: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/{name}/backfill", request_body = Backfill,
+    responses((status = 202, body = Vec<RunDto>), (status = 400), (status = 404)))]
+pub async fn backfill_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<Backfill>,
+) -> ApiResult<Response> {
+    let (from, to) = (parse_date("from", &req.from)?, parse_date("to", &req.to)?);
+    if from > to {
+        return Err(Error::InvalidInput(format!(
+            "from {from} is after to {to}; give the earlier date first (use descending to run newest first)"
+        ))
+        .into());
+    }
+    let days = (to - from).num_days() + 1;
+    if days > 3660 {
+        return Err(Error::InvalidInput(format!(
+            "{days} days is more than ten years; split the backfill"
+        ))
+        .into());
+    }
+    if req.parallel == 0 {
+        return Err(Error::InvalidInput("parallel must be at least 1".into()).into());
+    }
+    let tz = flow_tz(&state, &name).await?;
+    let mut dates: Vec<NaiveDate> = from.iter_days().take(days as usize).collect();
+    if req.descending {
+        dates.reverse();
+    }
+    let mut runs = Vec::new();
+    for day in dates {
+        let run = exec::start_run(
+            state.meta.as_ref(),
+            RunRequest {
+                flow: name.clone(),
+                trigger: format!("backfill/{}", req.parallel),
+                at: vars::scheduled_for_bizdate(day, tz)?,
+                overrides: BTreeMap::new(),
+                fire_key: None,
+            },
+        )
+        .await?;
+        runs.extend(run.map(|r| run_dto(r, None)));
+    }
+    state.flows.wake();
+    Ok((StatusCode::ACCEPTED, Json(runs)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunFilter {
+    pub flow: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs", params(("flow" = Option<String>, Query), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = Vec<RunDto>)))]
+pub async fn list_runs(
+    State(state): State<SharedState>,
+    ApiQuery(f): ApiQuery<RunFilter>,
+) -> ApiResult<Json<Vec<RunDto>>> {
+    let runs = state
+        .meta
+        .list_runs(
+            f.flow.as_deref(),
+            f.status.as_deref(),
+            f.limit.unwrap_or(100).clamp(1, 10_000),
+        )
+        .await?;
+    Ok(Json(runs.into_iter().map(|r| run_dto(r, None)).collect()))
+}
+
+/// A run with its nodes.
+pub async fn run_detail(state: &SharedState, id: &str) -> Result<RunDto> {
+    let run = state.meta.get_run(id).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "run {id} does not exist; list runs with `ferry run list`"
+        ))
+    })?;
+    let spec = exec::run_spec(state.meta.as_ref(), &run).await?;
+    let mut tasks = state.meta.list_tasks(id).await?;
+    // In the flow's order: upstream before downstream.
+    let order = spec.topological_order().unwrap_or_default();
+    tasks.sort_by_key(|t| {
+        order
+            .iter()
+            .position(|n| n == &t.node)
+            .unwrap_or(usize::MAX)
+    });
+    let tasks = tasks.into_iter().map(|t| task_dto(t, &spec)).collect();
+    Ok(run_dto(run, Some(tasks)))
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}", responses((status = 200, body = RunDto), (status = 404)))]
+pub async fn show_run(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunDto>> {
+    Ok(Json(run_detail(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogFilter {
+    /// One node's lines; all nodes' when absent.
+    pub node: Option<String>,
+    /// Lines after this sequence number (of `node`).
+    pub after: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLineDto {
+    pub node: String,
+    pub seq: i64,
+    pub at_ms: i64,
+    pub line: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", params(("node" = Option<String>, Query), ("after" = Option<i64>, Query)),
+    responses((status = 200, body = Vec<LogLineDto>), (status = 404)))]
+pub async fn run_logs(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    ApiQuery(f): ApiQuery<LogFilter>,
+) -> ApiResult<Json<Vec<LogLineDto>>> {
+    let tasks = state.meta.list_tasks(&id).await?;
+    if tasks.is_empty() {
+        return Err(Error::NotFound(format!(
+            "run {id} does not exist; list runs with `ferry run list`"
+        ))
+        .into());
+    }
+    let mut lines: Vec<(String, TaskLogLine)> = Vec::new();
+    for t in tasks
+        .iter()
+        .filter(|t| f.node.as_ref().is_none_or(|n| n == &t.node))
+    {
+        for l in state.meta.task_logs(&t.id, f.after.unwrap_or(0)).await? {
+            lines.push((t.node.clone(), l));
+        }
+    }
+    lines.sort_by_key(|(_, l)| (l.at_ms, l.seq));
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(|(node, l)| LogLineDto {
+                node,
+                seq: l.seq,
+                at_ms: l.at_ms,
+                line: l.line,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", responses((status = 200, body = RunDto), (status = 404), (status = 409)))]
+pub async fn cancel_run(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunDto>> {
+    exec::cancel_run(state.meta.as_ref(), &id).await?;
+    state.flows.wake();
+    Ok(Json(run_detail(&state, &id).await?))
+}
+
+async fn restart(state: &SharedState, id: &str, all: bool) -> Result<RunDto> {
+    exec::restart_run(state.meta.as_ref(), id, all).await?;
+    state.flows.wake();
+    run_detail(state, id).await
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/restore", responses((status = 200, body = RunDto), (status = 404), (status = 409)))]
+pub async fn restore_run(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunDto>> {
+    Ok(Json(restart(&state, &id, false).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/rerun", responses((status = 200, body = RunDto), (status = 404), (status = 409)))]
+pub async fn rerun_run(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunDto>> {
+    Ok(Json(restart(&state, &id, true).await?))
+}

@@ -1,0 +1,512 @@
+//! Task flows end to end: definitions validated with the node and field named, runs whose nodes
+//! pass variables and outputs along, retries, failures that stop or spare independent branches,
+//! restore and rerun, timeouts and cancellation that stop the statement on the database, the
+//! scheduler, and backfills.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+async fn flow_server() -> Option<TestServer> {
+    let server = TestServer::start_with(|c| {
+        c.scheduler_interval = Duration::from_millis(100);
+        c.task_lease = Duration::from_secs(3);
+    })
+    .await;
+    postgres_instance(&server, "pg", Value::Null).await?;
+    Some(server)
+}
+
+async fn apply(server: &TestServer, toml: &str) -> Value {
+    let (status, v) = server.post("/api/v1/flows", json!({ "toml": toml })).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v
+}
+
+async fn start(server: &TestServer, flow: &str, body: Value) -> String {
+    let (status, v) = server
+        .post(&format!("/api/v1/flows/{flow}/runs"), body)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Waits for a run to end and returns its detail.
+async fn finished(server: &TestServer, id: &str) -> Value {
+    wait_for("the run to end", 60, || async {
+        let (_, v) = server.get(&format!("/api/v1/runs/{id}")).await;
+        (!matches!(v["status"].as_str(), Some("running" | "queued"))).then_some(v)
+    })
+    .await
+}
+
+fn task<'a>(run: &'a Value, node: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["node"] == node)
+        .unwrap_or_else(|| panic!("no node {node} in {run}"))
+}
+
+const DAILY: &str = r#"
+name = "daily_orders"
+description = "events of the business date, then a report named after it"
+
+[variables]
+region = "north"
+day_key = "$[yyyyMMdd-1]"
+month_ago = "yyyy-MM-dd|-1M"
+target = { value = "report_$[yyyyMMdd-1]", raw = true }
+
+[[nodes]]
+id = "setup"
+kind = "sql"
+params = { instance = "pg", sql = "create table if not exists events (d date, region text, n int)" }
+
+[[nodes]]
+id = "load"
+kind = "sql"
+upstream = ["setup"]
+params = { instance = "pg", sql = "insert into events values (${bizdate}::date, ${region}, 3); select max(n) as max_n, count(*) as c from events", output = ["max_n"] }
+
+[[nodes]]
+id = "report"
+kind = "sql"
+upstream = ["load"]
+params = { instance = "pg", sql = "create table ${target} as select ${max_n}::int as m, ${day_key} as k, ${month_ago}::date as month_ago" }
+"#;
+
+#[tokio::test]
+async fn a_flow_runs_its_dag_with_variables_and_outputs() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    let flow = apply(&server, DAILY).await;
+    assert_eq!(flow["version"], 1);
+    let id = start(&server, "daily_orders", json!({ "bizdate": "2026-11-21" })).await;
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["bizdate"], "2026-11-21");
+    let order: Vec<&str> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["setup", "load", "report"]);
+    assert_eq!(task(&run, "load")["outputs"], json!({ "max_n": "3" }));
+    assert_eq!(run["variables"]["target"], "report_20261121");
+    let rows = server
+        .rows(
+            "pg",
+            "select m, k, month_ago::text as month_ago from report_20261121",
+        )
+        .await;
+    assert_eq!(
+        rows,
+        [json!({ "m": 3, "k": "20261121", "month_ago": "2026-10-22" })]
+    );
+    let events = server
+        .rows("pg", "select d::text as d, region from events")
+        .await;
+    assert_eq!(events, [json!({ "d": "2026-11-21", "region": "north" })]);
+    // Logs show the statements as they ran, values quoted as literals.
+    let (_, logs) = server
+        .get(&format!("/api/v1/runs/{id}/logs?node=load"))
+        .await;
+    let text = logs.to_string();
+    assert!(
+        text.contains("insert into events values ('2026-11-21'::date, 'north', 3)"),
+        "{logs}"
+    );
+    // A new definition is a new version; the finished run stays pinned to version 1.
+    let v2 = apply(&server, &DAILY.replace("\"north\"", "\"south\"")).await;
+    assert_eq!(v2["version"], 2);
+    let (_, again) = server.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(again["version"], 1);
+}
+
+const FLAKY: &str = r#"
+name = "flaky"
+failure = "continue"
+
+[[nodes]]
+id = "retried"
+kind = "sql"
+retries = 2
+retry_delay_secs = 0
+params = { instance = "pg", sql = "insert into attempts values (1); select 1 / (count(*) - 1) from attempts" }
+
+[[nodes]]
+id = "bad"
+kind = "sql"
+params = { instance = "pg", sql = "select * from appears_later" }
+
+[[nodes]]
+id = "after_bad"
+kind = "sql"
+upstream = ["bad"]
+params = { instance = "pg", sql = "insert into attempts values (100)" }
+
+[[nodes]]
+id = "after_retried"
+kind = "sql"
+upstream = ["retried"]
+params = { instance = "pg", sql = "select 1" }
+"#;
+
+#[tokio::test]
+async fn retries_failures_and_restore() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    server.sql("pg", "create table attempts (n int)").await;
+    apply(&server, FLAKY).await;
+    let id = start(&server, "flaky", json!({})).await;
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    // The first attempt failed, the retry succeeded, and its branch went on.
+    assert_eq!(task(&run, "retried")["status"], "success");
+    assert_eq!(task(&run, "retried")["attempt"], 2);
+    assert_eq!(task(&run, "after_retried")["status"], "success");
+    // The failed node names its error; its downstream never ran.
+    let bad = task(&run, "bad");
+    assert_eq!(bad["status"], "failed");
+    assert!(
+        bad["error"].as_str().unwrap().contains("appears_later"),
+        "{bad}"
+    );
+    assert_eq!(task(&run, "after_bad")["status"], "upstream_failed");
+    assert!(
+        run["error"].as_str().unwrap().contains("node bad failed"),
+        "{run}"
+    );
+    // Restore runs only what failed or did not run.
+    server.sql("pg", "create table appears_later (x int)").await;
+    let (status, v) = server
+        .post(&format!("/api/v1/runs/{id}/restore"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(
+        task(&run, "retried")["attempt"],
+        2,
+        "a succeeded node is not run again"
+    );
+    assert_eq!(task(&run, "after_bad")["status"], "success");
+    let n = server
+        .rows("pg", "select count(*) as n from attempts where n = 100")
+        .await;
+    assert_eq!(n[0]["n"], 1);
+    // Rerun runs everything again.
+    let (status, _) = server
+        .post(&format!("/api/v1/runs/{id}/rerun"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let n = server
+        .rows("pg", "select count(*) as n from attempts where n = 100")
+        .await;
+    assert_eq!(n[0]["n"], 2);
+}
+
+/// Whether a statement containing `text` is running on the server.
+async fn running_on_server(server: &TestServer, text: &str) -> bool {
+    let rows = server
+        .rows(
+            "pg",
+            &format!(
+                "select count(*) as n from pg_stat_activity where query like '%{text}%' and query not like '%pg_stat_activity%'"
+            ),
+        )
+        .await;
+    rows[0]["n"] != 0
+}
+
+#[tokio::test]
+async fn timeouts_and_cancels_stop_the_statement_on_the_database() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    apply(
+        &server,
+        r#"
+name = "slow"
+[[nodes]]
+id = "sleep"
+kind = "sql"
+timeout_secs = 1
+params = { instance = "pg", sql = "select pg_sleep(30), 'timeout-marker'" }
+"#,
+    )
+    .await;
+    let id = start(&server, "slow", json!({})).await;
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "failed");
+    let error = task(&run, "sleep")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("timeout of 1 s"), "{error}");
+    assert!(
+        !running_on_server(&server, "timeout-marker").await,
+        "the statement still runs"
+    );
+
+    apply(
+        &server,
+        r#"
+name = "slow2"
+[[nodes]]
+id = "sleep"
+kind = "sql"
+params = { instance = "pg", sql = "select pg_sleep(30), 'cancel-marker'" }
+[[nodes]]
+id = "later"
+kind = "sql"
+upstream = ["sleep"]
+params = { instance = "pg", sql = "select 1" }
+"#,
+    )
+    .await;
+    let id = start(&server, "slow2", json!({})).await;
+    wait_for("the statement to start", 30, || async {
+        running_on_server(&server, "cancel-marker")
+            .await
+            .then_some(())
+    })
+    .await;
+    let (status, v) = server
+        .post(&format!("/api/v1/runs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    assert_eq!(task(&v, "later")["status"], "cancelled");
+    let sleep = wait_for("the running task to stop", 30, || async {
+        let (_, v) = server.get(&format!("/api/v1/runs/{id}")).await;
+        let t = task(&v, "sleep").clone();
+        (t["status"] == "cancelled").then_some(t)
+    })
+    .await;
+    assert_eq!(sleep["status"], "cancelled");
+    assert!(
+        !running_on_server(&server, "cancel-marker").await,
+        "the statement still runs"
+    );
+}
+
+#[tokio::test]
+async fn bad_flows_are_refused_naming_node_and_field() {
+    let server = TestServer::start().await;
+    let Some(_) = postgres_instance(&server, "pg", Value::Null).await else {
+        return;
+    };
+    let node = |extra: &str| {
+        format!(
+            "name = \"f\"\n[[nodes]]\nid = \"a\"\nkind = \"sql\"\nparams = {{ instance = \"pg\", sql = \"select 1\" }}\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            node(
+                "[[nodes]]\nid = \"b\"\nkind = \"sql\"\nupstream = [\"c\"]\nparams = { instance = \"pg\", sql = \"select 1\" }\n[[nodes]]\nid = \"c\"\nkind = \"sql\"\nupstream = [\"b\"]\nparams = { instance = \"pg\", sql = \"select 1\" }",
+            ),
+            "the nodes b, c form a cycle",
+        ),
+        (
+            node("[[nodes]]\nid = \"b\"\nkind = \"spreadsheet\""),
+            "node \"b\", field kind: unknown kind \"spreadsheet\"",
+        ),
+        (
+            node(
+                "[[nodes]]\nid = \"b\"\nkind = \"sql\"\nparams = { instance = \"pg\", sql = \"select 1\", sqll = \"x\" }",
+            ),
+            "node \"b\", field params: unknown field `sqll`",
+        ),
+        (
+            node(
+                "[[nodes]]\nid = \"b\"\nkind = \"sql\"\nparams = { instance = \"nowhere\", sql = \"select 1\" }",
+            ),
+            "node \"b\", field params: instance \"nowhere\" is not registered",
+        ),
+        (
+            node(
+                "[[nodes]]\nid = \"b\"\nkind = \"sql\"\nparams = { instance = \"pg\", sql = \"select ${nope}\" }",
+            ),
+            "node \"b\", field params: unknown variable ${nope}",
+        ),
+        (
+            node(
+                "[[nodes]]\nid = \"b\"\nkind = \"sql\"\nupstream = [\"zz\"]\nparams = { instance = \"pg\", sql = \"select 1\" }",
+            ),
+            "node \"b\", field upstream: there is no node \"zz\"",
+        ),
+        (
+            format!("{}\n[schedule]\ncron = \"61 * * * *\"", node("")),
+            "schedule, field cron",
+        ),
+        (
+            format!(
+                "{}\n[schedule]\ncron = \"0 5 * * *\"\ntimezone = \"Mars/Olympus\"",
+                node("")
+            ),
+            "schedule, field timezone",
+        ),
+        (node("colour = \"red\""), "unknown field `colour`"),
+    ];
+    for (toml, fragment) in cases {
+        let (status, v) = server.post("/api/v1/flows", json!({ "toml": toml })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{toml}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+    }
+    let (_, flows) = server.get("/api/v1/flows").await;
+    assert_eq!(flows, json!([]), "nothing invalid was saved");
+}
+
+#[tokio::test]
+async fn the_scheduler_fires_each_time_once_and_stops_when_disabled() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    server.sql("pg", "create table ticks (at text)").await;
+    apply(
+        &server,
+        r#"
+name = "every_second"
+[schedule]
+cron = "* * * * * *"
+timezone = "Asia/Shanghai"
+[[nodes]]
+id = "tick"
+kind = "sql"
+params = { instance = "pg", sql = "insert into ticks values (${cyctime})" }
+"#,
+    )
+    .await;
+    let runs = wait_for("three scheduled runs to succeed", 60, || async {
+        let (_, runs) = server
+            .get("/api/v1/runs?flow=every_second&status=success")
+            .await;
+        (runs.as_array().unwrap().len() >= 3).then_some(runs)
+    })
+    .await;
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["trigger"] == "schedule")
+    );
+    let disabled_at = chrono::Utc::now().timestamp_millis();
+    let (status, v) = server
+        .post("/api/v1/flows/every_second/disable", json!({}))
+        .await;
+    assert_eq!(
+        (status, v["enabled"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    // Runs already started finish.
+    wait_for("started runs to finish", 30, || async {
+        let (_, runs) = server
+            .get("/api/v1/runs?flow=every_second&status=running")
+            .await;
+        runs.as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    // Every scheduled time ran exactly once.
+    let rows = server
+        .rows(
+            "pg",
+            "select count(*) as n, count(distinct at) as d from ticks",
+        )
+        .await;
+    assert_eq!(rows[0]["n"], rows[0]["d"], "a time fired twice: {rows:?}");
+    let (_, all) = server.get("/api/v1/runs?flow=every_second").await;
+    let mut times: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scheduled_ms"].as_i64().unwrap())
+        .collect();
+    let n = times.len();
+    times.sort_unstable();
+    times.dedup();
+    assert_eq!(times.len(), n);
+    // Nothing fired for a time after the schedule was turned off.
+    assert!(
+        times.iter().all(|t| *t <= disabled_at),
+        "fired after disable: {times:?} > {disabled_at}"
+    );
+    // The time zone shows in ${cyctime}: the flow's wall clock, not UTC.
+    let (_, first) = server
+        .get(&format!("/api/v1/runs/{}", all[0]["id"].as_str().unwrap()))
+        .await;
+    let cyctime = first["variables"]["cyctime"].as_str().unwrap().to_string();
+    let expected = chrono::DateTime::from_timestamp_millis(first["scheduled_ms"].as_i64().unwrap())
+        .unwrap()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    assert_eq!(cyctime, expected);
+}
+
+#[tokio::test]
+async fn a_backfill_runs_each_business_date_once() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    server
+        .sql("pg", "create table loaded (d date primary key)")
+        .await;
+    apply(
+        &server,
+        r#"
+name = "by_day"
+[[nodes]]
+id = "load"
+kind = "sql"
+params = { instance = "pg", sql = "insert into loaded values (${bizdate}::date)" }
+"#,
+    )
+    .await;
+    let (status, runs) = server
+        .post(
+            "/api/v1/flows/by_day/backfill",
+            json!({ "from": "2026-11-01", "to": "2026-11-05", "parallel": 2, "descending": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{runs}");
+    let runs = runs.as_array().unwrap().clone();
+    assert_eq!(runs.len(), 5);
+    assert_eq!(runs[0]["bizdate"], "2026-11-05", "descending: newest first");
+    // At most two at once: the rest wait their turn.
+    assert_eq!(runs.iter().filter(|r| r["status"] == "running").count(), 2);
+    for r in &runs {
+        let done = finished(&server, r["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "success", "{done}");
+    }
+    let rows = server
+        .rows(
+            "pg",
+            "select string_agg(d::text, ',' order by d) as days from loaded",
+        )
+        .await;
+    assert_eq!(
+        rows[0]["days"],
+        "2026-11-01,2026-11-02,2026-11-03,2026-11-04,2026-11-05"
+    );
+    let (status, v) = server
+        .post(
+            "/api/v1/flows/by_day/backfill",
+            json!({ "from": "2026-11-05", "to": "2026-11-01" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("is after"),
+        "{v}"
+    );
+}

@@ -269,6 +269,9 @@ struct ServeArgs {
     /// Rows an interactive console result returns by default.
     #[arg(long, env = "FERRY_ROW_LIMIT", default_value_t = 1000)]
     row_limit: usize,
+    /// Flow tasks this node runs at once.
+    #[arg(long, env = "FERRY_TASK_SLOTS", default_value_t = 4)]
+    task_slots: usize,
 }
 
 #[derive(Subcommand)]
@@ -463,6 +466,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         meta_url: args.meta,
         demo: args.demo,
         row_limit: args.row_limit,
+        task_slots: args.task_slots,
         ..Default::default()
     };
     let data_dir = config.data_dir.clone();

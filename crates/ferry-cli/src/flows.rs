@@ -21,6 +21,20 @@ pub enum FlowCmd {
     Show {
         name: String,
     },
+    /// Write a flow file from a template (see `ferry flow templates`), to apply after review.
+    New {
+        name: String,
+        #[arg(long)]
+        template: String,
+        /// A template parameter, NAME=VALUE (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Where to write the file (default: standard output).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// The templates and their parameters.
+    Templates,
     /// Run a flow now, for a business date (default: yesterday).
     Run {
         name: String,
@@ -108,6 +122,59 @@ pub async fn flow(client: &Client, out: Output, cmd: FlowCmd) -> anyhow::Result<
                 _ => render::object(out, &v),
             }
         }
+        FlowCmd::New {
+            name,
+            template,
+            params,
+            file,
+        } => {
+            let body = json!({ "flow": name, "params": pairs(&params)? });
+            let v = client
+                .post(
+                    &format!("/api/v1/flow-templates/{}", client::seg(&template)),
+                    &body,
+                )
+                .await?;
+            let text = v["toml"].as_str().unwrap_or_default();
+            match file {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!(
+                        "wrote {}; apply it with `ferry flow apply -f {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+        }
+        FlowCmd::Templates => {
+            let v = client.get("/api/v1/flow-templates").await?;
+            match out {
+                Output::Table => {
+                    for t in v.as_array().into_iter().flatten() {
+                        println!(
+                            "{}: {}",
+                            t["name"].as_str().unwrap_or_default(),
+                            t["description"].as_str().unwrap_or_default()
+                        );
+                        for p in t["params"].as_array().into_iter().flatten() {
+                            let default = p["default"]
+                                .as_str()
+                                .map(|d| format!(" (default {d})"))
+                                .unwrap_or_else(|| " (required)".into());
+                            println!(
+                                "    {}{default}: {}",
+                                p["name"].as_str().unwrap_or_default(),
+                                p["help"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                _ => render::object(out, &v),
+            }
+        }
         FlowCmd::List => {
             let v = client.get("/api/v1/flows").await?;
             render::records(
@@ -128,14 +195,7 @@ pub async fn flow(client: &Client, out: Output, cmd: FlowCmd) -> anyhow::Result<
             params,
             wait,
         } => {
-            let mut values = serde_json::Map::new();
-            for p in params {
-                let Some((k, v)) = p.split_once('=') else {
-                    bail!("--param {p:?}: write NAME=VALUE");
-                };
-                values.insert(k.to_string(), Value::String(v.to_string()));
-            }
-            let mut body = json!({ "params": values });
+            let mut body = json!({ "params": pairs(&params)? });
             if let Some(d) = bizdate {
                 body["bizdate"] = Value::String(d);
             }
@@ -176,6 +236,18 @@ pub async fn flow(client: &Client, out: Output, cmd: FlowCmd) -> anyhow::Result<
         FlowCmd::Disable { name } => set_enabled(client, &name, "disable").await?,
     }
     Ok(())
+}
+
+/// `NAME=VALUE` arguments as a JSON object.
+fn pairs(params: &[String]) -> anyhow::Result<Value> {
+    let mut values = serde_json::Map::new();
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--param {p:?}: write NAME=VALUE");
+        };
+        values.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(Value::Object(values))
 }
 
 async fn set_enabled(client: &Client, name: &str, action: &str) -> anyhow::Result<()> {

@@ -725,6 +725,45 @@ params = {{ instance = "demo", sql = "select count(*) as n from orders where cre
     let shown = s.ok(&["run", "show", &id, "-o", "json"]);
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["tasks"][1]["outputs"]["n"], "1000");
+    // Templates render flow files to review and apply.
+    let listed = s.ok(&["flow", "templates"]);
+    for t in [
+        "archive-to-object-storage",
+        "purge-history",
+        "analyze-tables",
+        "daily-uv-report",
+        "incremental-sync",
+    ] {
+        assert!(listed.contains(&format!("{t}: ")), "{listed}");
+    }
+    let purge = dir.path().join("purge.toml");
+    let wrote = s.ok(&[
+        "flow",
+        "new",
+        "purge_orders",
+        "--template",
+        "purge-history",
+        "--param",
+        "instance=demo",
+        "--param",
+        "table=orders",
+        "--param",
+        "date_column=created_date",
+        "--param",
+        "key=order_id",
+        "-f",
+        purge.to_str().unwrap(),
+    ]);
+    assert!(wrote.contains("ferry flow apply -f"), "{wrote}");
+    let applied = s.ok(&["flow", "apply", "-f", purge.to_str().unwrap()]);
+    assert!(applied.contains("scheduled 0 3 * * 0 (UTC)"), "{applied}");
+    let missing = s.ferry(&["flow", "new", "x", "--template", "purge-history"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("needs --param instance="),
+        "{}",
+        stderr(&missing)
+    );
     // A failing flow: exit code 1, and the message names the node.
     std::fs::write(
         &file,

@@ -148,10 +148,16 @@ struct SqlParams {
     /// Run the whole script in one transaction.
     #[serde(default)]
     transaction: bool,
+    /// Run the script again and again until its last statement changes no row.
+    #[serde(default)]
+    repeat: bool,
     /// Columns of the last result's first row that become variables downstream.
     #[serde(default)]
     output: Vec<String>,
 }
+
+/// The most rounds a repeated script runs.
+const MAX_ROUNDS: u64 = 1_000_000;
 
 struct SqlKind;
 
@@ -188,38 +194,65 @@ impl TaskKind for SqlKind {
         let statements = ferry_connect::script::split_statements(engine, &p.sql);
         let mut result = TaskResult::default();
         let mut last_row: Option<BTreeMap<String, Option<String>>> = None;
-        if p.transaction {
-            run_statement(lease.conn(), begin_sql(engine), &ctx.cancel).await?;
-        }
-        for statement in &statements {
-            let started = Instant::now();
-            (ctx.log)(format!("running: {}", one_line(statement)));
-            match run_statement(lease.conn(), statement, &ctx.cancel).await {
-                Ok(Outcome::Rows { count, first }) => {
-                    (ctx.log)(format!(
-                        "{count} rows in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    ));
-                    result.rows += count;
-                    last_row = first;
+        // With `repeat`, the script runs again until its last statement changes no row: a
+        // batched DELETE … LIMIT that purges in small transactions.
+        for round in 1..=MAX_ROUNDS {
+            if p.transaction {
+                run_statement(lease.conn(), begin_sql(engine), &ctx.cancel).await?;
+            }
+            let mut last_affected = None;
+            for statement in &statements {
+                let started = Instant::now();
+                if round == 1 {
+                    (ctx.log)(format!("running: {}", one_line(statement)));
                 }
-                Ok(Outcome::Affected(n)) => {
-                    (ctx.log)(format!(
-                        "{n} rows affected in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    ));
-                    result.rows += n;
-                }
-                Err(e) => {
-                    if p.transaction || lease.conn().in_transaction() {
-                        let _ = lease.conn().run("ROLLBACK").await;
+                match run_statement(lease.conn(), statement, &ctx.cancel).await {
+                    Ok(Outcome::Rows { count, first }) => {
+                        (ctx.log)(format!(
+                            "{count} rows in {:.1} s",
+                            started.elapsed().as_secs_f64()
+                        ));
+                        result.rows += count;
+                        last_row = first;
+                        last_affected = None;
                     }
-                    return Err(e);
+                    Ok(Outcome::Affected(n)) => {
+                        (ctx.log)(format!(
+                            "{n} rows affected in {:.1} s",
+                            started.elapsed().as_secs_f64()
+                        ));
+                        result.rows += n;
+                        last_affected = Some(n);
+                    }
+                    Err(e) => {
+                        if p.transaction || lease.conn().in_transaction() {
+                            let _ = lease.conn().run("ROLLBACK").await;
+                        }
+                        return Err(e);
+                    }
                 }
             }
-        }
-        if p.transaction {
-            run_statement(lease.conn(), "COMMIT", &ctx.cancel).await?;
+            if p.transaction {
+                run_statement(lease.conn(), "COMMIT", &ctx.cancel).await?;
+            }
+            match (p.repeat, last_affected) {
+                (false, _) => break,
+                (true, Some(0)) => {
+                    (ctx.log)(format!("done after {round} round(s)"));
+                    break;
+                }
+                (true, Some(_)) => {}
+                (true, None) => {
+                    return Err(Error::InvalidInput(
+                        "repeat needs a script whose last statement changes rows (an UPDATE or DELETE with a LIMIT)".into(),
+                    ));
+                }
+            }
+            if round == MAX_ROUNDS {
+                return Err(Error::InvalidInput(format!(
+                    "the script still changed rows after {MAX_ROUNDS} rounds; is its last statement limited to a batch?"
+                )));
+            }
         }
         for name in &p.output {
             let row = last_row.as_ref().ok_or_else(|| {

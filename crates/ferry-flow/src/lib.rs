@@ -7,6 +7,7 @@ pub mod exec;
 pub mod kinds;
 pub mod model;
 pub mod sched;
+pub mod templates;
 pub mod vars;
 
 pub use exec::{Executor, RunRequest};

@@ -15,6 +15,8 @@ use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ferry_connect::{
     BatchStream, Canceller, ColumnInfo, Connection, Connector, ServerInfo, StatementOutput,
@@ -132,8 +134,15 @@ impl Connector for ArchiveConnector {
     }
 
     async fn connect(&self, _database: Option<&str>) -> Result<Box<dyn Connection>> {
-        let ctx =
-            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+        // No listing cache: a pooled connection must see partitions written after it opened.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build_arc()
+            .map_err(df_error)?;
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_information_schema(true),
+            runtime,
+        );
         for t in &self.tables {
             register(&ctx, t).await?;
         }

@@ -109,7 +109,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::run_logs,
         crate::flows::cancel_run,
         crate::flows::restore_run,
-        crate::flows::rerun_run
+        crate::flows::rerun_run,
+        crate::flows::list_templates,
+        crate::flows::render_template
     ),
     components(schemas(
         AddInstance,
@@ -128,7 +130,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::RunDto,
         crate::flows::TaskDto,
         crate::flows::Backfill,
-        crate::flows::LogLineDto
+        crate::flows::LogLineDto,
+        crate::flows::RenderTemplate
     ))
 )]
 pub struct ApiDoc;

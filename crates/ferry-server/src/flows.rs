@@ -117,6 +117,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/flows/{name}/disable", post(disable_flow))
         .route("/api/v1/flows/{name}/runs", post(run_flow))
         .route("/api/v1/flows/{name}/backfill", post(backfill_flow))
+        .route("/api/v1/flow-templates", get(list_templates))
+        .route("/api/v1/flow-templates/{name}", post(render_template))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
@@ -603,4 +605,28 @@ pub async fn rerun_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunDto>> {
     Ok(Json(restart(&state, &id, true).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/flow-templates", responses((status = 200, description = "Templates with their parameters")))]
+pub async fn list_templates() -> Json<serde_json::Value> {
+    Json(serde_json::to_value(ferry_flow::templates::templates()).unwrap_or_default())
+}
+
+/// Renders a template into a flow file: `{"flow": NAME, "params": {…}}` → `{"toml": …}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenderTemplate {
+    pub flow: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/flow-templates/{name}", request_body = RenderTemplate,
+    responses((status = 200, description = "{\"toml\": the flow file}"), (status = 400), (status = 404)))]
+pub async fn render_template(
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<RenderTemplate>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let toml = ferry_flow::templates::render(&name, &req.flow, &req.params)?;
+    Ok(Json(serde_json::json!({ "toml": toml })))
 }

@@ -9,5 +9,6 @@ mod flows;
 mod queries;
 mod schema;
 mod secrets;
+mod templates;
 mod torture;
 mod transfers;

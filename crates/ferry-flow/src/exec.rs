@@ -350,9 +350,35 @@ pub async fn finish_run_if_done(store: &dyn MetaStore, run_id: &str) -> Result<(
             .unwrap_or_else(|| format!("nodes not run: {}", failed.join(", ")))
     });
     run.finished_at_ms = Some(now_ms());
-    store.update_run(&run).await?;
+    if !store.finish_run(&run).await? {
+        return Ok(());
+    }
     tracing::info!(flow = %run.flow, run = %run.id, status = %run.status, "run finished");
+    let spec = run_spec(store, &run).await?;
+    if let Some(notify) = &spec.notify {
+        let event = if run.status == "success" {
+            crate::notify::Event::Success
+        } else {
+            crate::notify::Event::Failure
+        };
+        crate::notify::send(notify, &message(&run, event)).await;
+    }
     activate_waiting_runs(store, &run.flow).await
+}
+
+/// The notification about a run.
+pub fn message(run: &FlowRunRecord, event: crate::notify::Event) -> crate::notify::Message {
+    crate::notify::Message {
+        event,
+        flow: run.flow.clone(),
+        run_id: run.id.clone(),
+        bizdate: run.bizdate.clone(),
+        status: run.status.clone(),
+        error: run.error.clone(),
+        duration_ms: run
+            .started_at_ms
+            .map(|s| run.finished_at_ms.unwrap_or_else(now_ms) - s),
+    }
 }
 
 /// Workers on this node: they take ready tasks from the store, at most `slots` at once.

@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod kinds;
 pub mod model;
+pub mod notify;
 pub mod sched;
 pub mod templates;
 pub mod vars;

@@ -30,6 +30,9 @@ pub struct FlowSpec {
     /// Constants and time expressions, resolved once when a run starts.
     #[serde(default)]
     pub variables: BTreeMap<String, Variable>,
+    /// Webhook and e-mail notifications on failure, success or overrun.
+    #[serde(default)]
+    pub notify: Option<crate::notify::Notify>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -229,6 +232,9 @@ impl FlowSpec {
         }
         if let Some(s) = &self.schedule {
             s.validate()?;
+        }
+        if let Some(n) = &self.notify {
+            n.validate()?;
         }
         for n in &self.nodes {
             let kind = kinds::kind(&n.kind).ok_or_else(|| {

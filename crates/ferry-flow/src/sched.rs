@@ -49,8 +49,12 @@ pub fn next_fire(schedule: &Schedule, after: DateTime<Tz>) -> Result<Option<Date
     }
 }
 
-/// One pass over the flows: fires what is due; returns how many runs it started.
+/// One pass over the flows: fires what is due and reports runs that overran their expected
+/// duration; returns how many runs it started.
 pub async fn tick(store: &dyn MetaStore) -> Result<usize> {
+    if let Err(e) = report_overdue(store).await {
+        tracing::warn!(error = %e, "checking for overdue runs failed");
+    }
     let mut started = 0;
     for flow in store.list_flows().await? {
         match fire_flow(store, &flow).await {
@@ -59,6 +63,27 @@ pub async fn tick(store: &dyn MetaStore) -> Result<usize> {
         }
     }
     Ok(started)
+}
+
+/// Notifies (once, whichever node sees it first) about runs going longer than expected.
+async fn report_overdue(store: &dyn MetaStore) -> Result<()> {
+    for run in store.list_runs(None, Some("running"), 10_000).await? {
+        let Some(started) = run.started_at_ms else {
+            continue;
+        };
+        let spec = exec::run_spec(store, &run).await?;
+        let Some(notify) = &spec.notify else {
+            continue;
+        };
+        let Some(expected) = notify.expected_duration_secs else {
+            continue;
+        };
+        let now = now_ms();
+        if now - started > (expected * 1000) as i64 && store.mark_overdue(&run.id, now).await? {
+            crate::notify::send(notify, &exec::message(&run, crate::notify::Event::Overdue)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn fire_flow(store: &dyn MetaStore, flow: &FlowRecord) -> Result<usize> {
@@ -146,7 +171,6 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    let _ = now_ms();
 }
 
 #[cfg(test)]

@@ -99,6 +99,11 @@ pub trait FlowRepo: Send + Sync {
         limit: i64,
     ) -> Result<Vec<FlowRunRecord>>;
     async fn update_run(&self, run: &FlowRunRecord) -> Result<()>;
+    /// Ends a run that is still `running` with `run`'s status, error and end time; false when
+    /// it had already ended (another worker finished it), so only one caller reports the end.
+    async fn finish_run(&self, run: &FlowRunRecord) -> Result<bool>;
+    /// Marks a run as reported overdue; true only for the first caller.
+    async fn mark_overdue(&self, run_id: &str, at_ms: i64) -> Result<bool>;
     async fn list_tasks(&self, run_id: &str) -> Result<Vec<TaskRunRecord>>;
     async fn get_task(&self, id: &str) -> Result<Option<TaskRunRecord>>;
     /// Takes the most urgent ready task (queued or retrying, available by `now_ms`) for `owner`
@@ -377,6 +382,32 @@ impl FlowRepo for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn finish_run(&self, r: &FlowRunRecord) -> Result<bool> {
+        let done = sqlx::query(
+            "update flow_runs set status = $2, error = $3, finished_at_ms = $4 where id = $1 and status = 'running'",
+        )
+        .bind(&r.id)
+        .bind(&r.status)
+        .bind(r.error.clone())
+        .bind(r.finished_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn mark_overdue(&self, run_id: &str, at_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "update flow_runs set overdue_notified_ms = $2 where id = $1 and overdue_notified_ms is null and status = 'running'",
+        )
+        .bind(run_id)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn list_tasks(&self, run_id: &str) -> Result<Vec<TaskRunRecord>> {

@@ -144,6 +144,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         primary key (task_id, seq)
     )",
     ),
+    (
+        6,
+        "alter table flow_runs add column overdue_notified_ms bigint",
+    ),
 ];
 
 /// The metadata store on SQLite or PostgreSQL.

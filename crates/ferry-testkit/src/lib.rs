@@ -100,6 +100,22 @@ pub fn azure() -> Option<String> {
     configured("Azure", &["AZURE_STORAGE_USE_EMULATOR"]).then(fresh_name)
 }
 
+/// The SMTP server for notification tests (aiosmtpd on loopback), if reachable and configured:
+/// the server under test sends through `FERRY_SMTP_URL`, and the test reads what arrived from
+/// the maildir `FERRY_TEST_MAILDIR`, which this returns.
+pub fn smtp() -> Option<std::path::PathBuf> {
+    locate(
+        "SMTP (aiosmtpd)",
+        "FERRY_TEST_SMTP",
+        "smtp://127.0.0.1:2525",
+    )?;
+    configured("SMTP", &["FERRY_SMTP_URL", "FERRY_TEST_MAILDIR"]).then(|| {
+        std::env::var("FERRY_TEST_MAILDIR")
+            .unwrap_or_default()
+            .into()
+    })
+}
+
 /// Creates an empty bucket on the test S3 endpoint and returns its name.
 pub async fn fresh_bucket(endpoint: &str) -> String {
     let name = fresh_name().replace('_', "-");

@@ -510,3 +510,162 @@ params = { instance = "pg", sql = "insert into loaded values (${bizdate}::date)"
         "{v}"
     );
 }
+
+/// A loopback HTTP listener that answers 200 and hands over every request body it receives.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let _ = tx.send(serde_json::from_str(body).unwrap_or(Value::Null));
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn failures_successes_and_overruns_are_notified() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    let Some(maildir) = ferry_testkit::smtp() else {
+        return;
+    };
+    let (hook, mut received) = webhook_receiver().await;
+    let tag = uuid_tag();
+    let flow = |name: &str, sql: &str, on: &str| {
+        format!(
+            r#"
+name = "{name}"
+[notify]
+on = [{on}]
+webhook = "{hook}"
+email = ["ops-{tag}@example.com"]
+expected_duration_secs = 1
+[[nodes]]
+id = "work"
+kind = "sql"
+params = {{ instance = "pg", sql = "{sql}" }}
+"#
+        )
+    };
+    apply(
+        &server,
+        &flow("fails", "select * from no_such_table", "\"failure\""),
+    )
+    .await;
+    let id = start(&server, "fails", json!({ "bizdate": "2026-11-21" })).await;
+    assert_eq!(finished(&server, &id).await["status"], "failed");
+    let note = received.recv().await.unwrap();
+    assert_eq!(
+        (
+            note["event"].as_str(),
+            note["flow"].as_str(),
+            note["run_id"].as_str()
+        ),
+        (Some("failure"), Some("fails"), Some(id.as_str()))
+    );
+    assert!(
+        note["error"].as_str().unwrap().contains("no_such_table"),
+        "{note}"
+    );
+    // The same notice by e-mail, through the real SMTP server.
+    let mail = wait_for("the failure e-mail", 30, || async {
+        mail_containing(
+            &maildir,
+            &format!("ops-{tag}@example.com"),
+            "flow fails failed",
+        )
+    })
+    .await;
+    assert!(
+        mail.contains("bizdate 2026-11-21") && mail.contains(&id),
+        "{mail}"
+    );
+
+    // Success notifies only when asked; a slow run notifies once that it is overdue.
+    apply(
+        &server,
+        &flow(
+            "slow_ok",
+            "select pg_sleep(2.5)",
+            "\"success\", \"overdue\"",
+        ),
+    )
+    .await;
+    let id = start(&server, "slow_ok", json!({})).await;
+    let first = received.recv().await.unwrap();
+    assert_eq!(
+        (first["event"].as_str(), first["status"].as_str()),
+        (Some("overdue"), Some("running"))
+    );
+    assert_eq!(finished(&server, &id).await["status"], "success");
+    let second = received.recv().await.unwrap();
+    assert_eq!(
+        (second["event"].as_str(), second["run_id"].as_str()),
+        (Some("success"), Some(id.as_str()))
+    );
+    assert!(received.try_recv().is_err(), "one notice per event");
+    // A bad notification target is refused when the flow is saved.
+    let (status, v) = server
+        .post(
+            "/api/v1/flows",
+            json!({ "toml": flow("bad", "select 1", "\"failure\"").replace(&hook, "ftp://x") }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("notify, field webhook"),
+        "{v}"
+    );
+}
+
+fn uuid_tag() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    )
+}
+
+/// The text of a message in the maildir sent to `to` whose text contains `needle`.
+fn mail_containing(maildir: &std::path::Path, to: &str, needle: &str) -> Option<String> {
+    std::fs::read_dir(maildir.join("new"))
+        .ok()?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|text| text.contains(to) && text.contains(needle))
+}

@@ -35,6 +35,12 @@ pub enum FlowCmd {
     },
     /// The templates and their parameters.
     Templates,
+    /// What changed between two versions of a flow.
+    Diff {
+        name: String,
+        from: i64,
+        to: i64,
+    },
     /// Run a flow now, for a business date (default: yesterday).
     Run {
         name: String,
@@ -147,6 +153,26 @@ pub async fn flow(client: &Client, out: Output, cmd: FlowCmd) -> anyhow::Result<
                     );
                 }
                 None => print!("{text}"),
+            }
+        }
+        FlowCmd::Diff { name, from, to } => {
+            let v = client
+                .get(&format!(
+                    "/api/v1/flows/{}/diff?from={from}&to={to}",
+                    client::seg(&name)
+                ))
+                .await?;
+            match out {
+                Output::Table => {
+                    let changes = v["changes"].as_array().cloned().unwrap_or_default();
+                    if changes.is_empty() {
+                        println!("versions {from} and {to} of {name} are the same");
+                    }
+                    for c in changes {
+                        println!("{}", c.as_str().unwrap_or_default());
+                    }
+                }
+                _ => render::object(out, &v),
             }
         }
         FlowCmd::Templates => {

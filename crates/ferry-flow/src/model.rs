@@ -393,3 +393,90 @@ impl Schedule {
         })
     }
 }
+
+/// The differences between two versions of a flow, one line per changed field, with nodes
+/// matched by id: `node load: params.sql: "…" → "…"`, `node report: added`.
+pub fn diff(old: &FlowSpec, new: &FlowSpec) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let none = serde_json::Value::Null;
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&none),
+                        y.get(k).unwrap_or(&none),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} → {b}")),
+            _ => {}
+        }
+    }
+    let as_value = |s: &FlowSpec| {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("nodes");
+        }
+        v
+    };
+    let mut out = Vec::new();
+    walk("", &as_value(old), &as_value(new), &mut out);
+    for n in &old.nodes {
+        match new.node(&n.id) {
+            None => out.push(format!("node {}: removed", n.id)),
+            Some(m) => {
+                let mut changes = Vec::new();
+                walk(
+                    "",
+                    &serde_json::to_value(n).unwrap_or_default(),
+                    &serde_json::to_value(m).unwrap_or_default(),
+                    &mut changes,
+                );
+                out.extend(changes.into_iter().map(|c| format!("node {}: {c}", n.id)));
+            }
+        }
+    }
+    for n in &new.nodes {
+        if old.node(&n.id).is_none() {
+            out.push(format!("node {}: added ({})", n.id, n.kind));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_differ_by_field_and_node() {
+        let v1 = FlowSpec::from_toml(
+            "name = \"f\"\n[schedule]\ncron = \"0 5 * * *\"\n[[nodes]]\nid = \"a\"\nkind = \"sql\"\nparams = { instance = \"pg\", sql = \"select 1\" }\n[[nodes]]\nid = \"gone\"\nkind = \"sql\"\nparams = { instance = \"pg\", sql = \"select 3\" }\n",
+        )
+        .unwrap();
+        let v2 = FlowSpec::from_toml(
+            "name = \"f\"\n[schedule]\ncron = \"0 6 * * *\"\n[[nodes]]\nid = \"a\"\nkind = \"sql\"\nretries = 2\nparams = { instance = \"pg\", sql = \"select 2\" }\n[[nodes]]\nid = \"b\"\nkind = \"check\"\nparams = { instance = \"pg\", sql = \"select true\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            diff(&v1, &v2),
+            [
+                "schedule.cron: \"0 5 * * *\" → \"0 6 * * *\"",
+                "node a: params.sql: \"select 1\" → \"select 2\"",
+                "node a: retries: 0 → 2",
+                "node gone: removed",
+                "node b: added (check)",
+            ]
+        );
+        assert!(diff(&v1, &v1).is_empty());
+    }
+}

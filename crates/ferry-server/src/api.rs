@@ -111,6 +111,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::restore_run,
         crate::flows::rerun_run,
         crate::flows::list_templates,
+        crate::flows::diff_flow,
         crate::flows::render_template
     ),
     components(schemas(

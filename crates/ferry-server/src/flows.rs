@@ -113,6 +113,7 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/api/v1/flows", get(list_flows).post(apply_flow))
         .route("/api/v1/flows/{name}", get(show_flow))
+        .route("/api/v1/flows/{name}/diff", get(diff_flow))
         .route("/api/v1/flows/{name}/enable", post(enable_flow))
         .route("/api/v1/flows/{name}/disable", post(disable_flow))
         .route("/api/v1/flows/{name}/runs", post(run_flow))
@@ -227,6 +228,36 @@ pub async fn show_flow(
     Path(name): Path<String>,
 ) -> ApiResult<Json<FlowDto>> {
     Ok(Json(flow_dto(get_flow(state.meta.as_ref(), &name).await?)?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiffVersions {
+    pub from: i64,
+    pub to: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/flows/{name}/diff", params(("from" = i64, Query), ("to" = i64, Query)),
+    responses((status = 200, description = "{\"changes\": [\"node x: params.sql: … → …\", …]}"), (status = 404)))]
+pub async fn diff_flow(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<DiffVersions>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let version = |v: i64| {
+        let state = state.clone();
+        let name = name.clone();
+        async move {
+            let text = state.meta.get_flow_version(&name, v).await?.ok_or_else(|| {
+                Error::NotFound(format!("flow \"{name}\" has no version {v}; `ferry flow show {name}` gives the latest"))
+            })?;
+            serde_json::from_str::<FlowSpec>(&text)
+                .map_err(|e| Error::Internal(format!("stored flow: {e}")))
+        }
+    };
+    let (old, new) = (version(q.from).await?, version(q.to).await?);
+    Ok(Json(
+        serde_json::json!({ "changes": ferry_flow::model::diff(&old, &new) }),
+    ))
 }
 
 async fn set_enabled(state: &SharedState, name: &str, enabled: bool) -> Result<FlowDto> {

@@ -128,6 +128,13 @@ async fn a_flow_runs_its_dag_with_variables_and_outputs() {
     assert_eq!(v2["version"], 2);
     let (_, again) = server.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(again["version"], 1);
+    let (_, diff) = server
+        .get("/api/v1/flows/daily_orders/diff?from=1&to=2")
+        .await;
+    assert_eq!(
+        diff["changes"],
+        json!(["variables.region: \"north\" → \"south\""])
+    );
 }
 
 const FLAKY: &str = r#"

@@ -272,6 +272,9 @@ struct ServeArgs {
     /// Flow tasks this node runs at once.
     #[arg(long, env = "FERRY_TASK_SLOTS", default_value_t = 4)]
     task_slots: usize,
+    /// Allow flow nodes of kind `shell`, which run commands on this server as its user.
+    #[arg(long, env = "FERRY_ENABLE_SHELL")]
+    enable_shell: bool,
 }
 
 #[derive(Subcommand)]
@@ -467,6 +470,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         demo: args.demo,
         row_limit: args.row_limit,
         task_slots: args.task_slots,
+        enable_shell: args.enable_shell,
         ..Default::default()
     };
     let data_dir = config.data_dir.clone();

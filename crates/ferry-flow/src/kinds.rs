@@ -25,6 +25,10 @@ pub trait Resources: Send + Sync {
     /// The pool of a registered instance (its cap holds for tasks too).
     async fn pool(&self, instance: &str) -> Result<Arc<InstancePool>>;
     fn watermarks(&self) -> Arc<dyn WatermarkStore>;
+    /// Whether an administrator allowed `shell` tasks on this server.
+    fn shell_enabled(&self) -> bool {
+        false
+    }
 }
 
 /// Writes a task's log lines (to the store, where `ferry run logs` reads them).
@@ -121,7 +125,7 @@ pub trait TaskKind: Send + Sync {
 }
 
 /// Every kind, by name.
-pub const KINDS: &[&str] = &["sql", "check", "transfer", "export"];
+pub const KINDS: &[&str] = &["sql", "check", "transfer", "export", "http", "shell"];
 
 pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
     match name {
@@ -129,6 +133,8 @@ pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
         "check" => Some(&CheckKind),
         "transfer" => Some(&TransferKind),
         "export" => Some(&ExportKind),
+        "http" => Some(&crate::external::HttpKind),
+        "shell" => Some(&crate::external::ShellKind),
         _ => None,
     }
 }

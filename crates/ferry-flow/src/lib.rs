@@ -4,6 +4,7 @@
 //! run's tasks (`exec`), and the scheduler fires each time once (`sched`).
 
 pub mod exec;
+pub mod external;
 pub mod kinds;
 pub mod model;
 pub mod notify;

@@ -118,6 +118,15 @@ pub struct TransferRecord {
 pub trait TransferRepo: Send + Sync {
     async fn insert_transfer(&self, rec: &TransferRecord) -> Result<()>;
     async fn update_transfer(&self, rec: &TransferRecord) -> Result<()>;
+    /// Updates a running job's counters only; a no-op once the job has ended, so a progress
+    /// report that lands after the final record cannot turn a finished job back into a running one.
+    async fn update_transfer_progress(
+        &self,
+        id: &str,
+        rows_read: i64,
+        rows_written: i64,
+        rows_expected: Option<i64>,
+    ) -> Result<()>;
     async fn get_transfer(&self, id: &str) -> Result<Option<TransferRecord>>;
     /// Newest first.
     async fn list_transfers(&self, limit: i64) -> Result<Vec<TransferRecord>>;

@@ -573,6 +573,26 @@ impl TransferRepo for SqlStore {
         Ok(())
     }
 
+    async fn update_transfer_progress(
+        &self,
+        id: &str,
+        rows_read: i64,
+        rows_written: i64,
+        rows_expected: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "update transfers set rows_read = $2, rows_written = $3, rows_expected = $4 where id = $1 and status = 'running'",
+        )
+        .bind(id)
+        .bind(rows_read)
+        .bind(rows_written)
+        .bind(rows_expected)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
     async fn update_transfer(&self, r: &TransferRecord) -> Result<()> {
         sqlx::query(
             "update transfers set status = $2, error = $3, rows_read = $4, rows_written = $5, report = $6, \

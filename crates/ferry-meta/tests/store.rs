@@ -119,7 +119,7 @@ async fn suite(store: &dyn MetaStore) {
     assert_eq!(store.list_queries(10).await.unwrap().len(), 2);
 
     // Transfers and watermarks.
-    let mut t = TransferRecord {
+    let t = TransferRecord {
         id: "t1".into(),
         spec: "{}".into(),
         status: "running".into(),
@@ -133,8 +133,10 @@ async fn suite(store: &dyn MetaStore) {
         finished_at_ms: None,
     };
     store.insert_transfer(&t).await.unwrap();
-    t.rows_written = 7;
-    store.update_transfer(&t).await.unwrap();
+    store
+        .update_transfer_progress("t1", 3, 7, Some(10))
+        .await
+        .unwrap();
     assert_eq!(
         store
             .get_transfer("t1")
@@ -149,6 +151,13 @@ async fn suite(store: &dyn MetaStore) {
         1
     );
     assert_eq!(store.list_transfers(5).await.unwrap()[0].status, "failed");
+    // A late progress report does not revive a finished job, nor change its counters.
+    store
+        .update_transfer_progress("t1", 99, 99, None)
+        .await
+        .unwrap();
+    let late = store.get_transfer("t1").await.unwrap().unwrap();
+    assert_eq!((late.status.as_str(), late.rows_written), ("failed", 7));
     assert_eq!(store.get_watermark("w").await.unwrap(), None);
     store.set_watermark("w", "10").await.unwrap();
     store.set_watermark("w", "20").await.unwrap();

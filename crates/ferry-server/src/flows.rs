@@ -62,6 +62,10 @@ impl ferry_flow::Resources for StateResources {
         state.pool(instance).await
     }
 
+    fn shell_enabled(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.config.enable_shell)
+    }
+
     fn watermarks(&self) -> Arc<dyn WatermarkStore> {
         match self.0.upgrade() {
             Some(state) => Arc::new(crate::transfers::StoreWatermarks(state.meta.clone())),
@@ -189,6 +193,14 @@ pub async fn apply(state: &SharedState, req: ApplyFlow) -> Result<FlowDto> {
         .collect();
     known.push(ferry_query::ARCHIVE_INSTANCE.to_string());
     spec.validate(&|name| known.iter().any(|k| k == name))?;
+    if !state.config.enable_shell
+        && let Some(n) = spec.nodes.iter().find(|n| n.kind == "shell")
+    {
+        return Err(Error::PermissionDenied(format!(
+            "node \"{}\", field kind: shell tasks are disabled on this server; an administrator enables them with `ferry serve --enable-shell`",
+            n.id
+        )));
+    }
     let enabled = spec.schedule.as_ref().is_none_or(|s| s.enabled);
     let text = serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?;
     let version = state.meta.apply_flow(&spec.name, &text, enabled).await?;

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub task_lease: Duration,
     /// How often the scheduler looks for due flows.
     pub scheduler_interval: Duration,
+    /// Allow flow nodes of kind `shell` (commands run on this server).
+    pub enable_shell: bool,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             task_slots: 4,
             task_lease: Duration::from_secs(30),
             scheduler_interval: Duration::from_secs(1),
+            enable_shell: false,
         }
     }
 }

@@ -83,6 +83,15 @@ impl From<TransferRecord> for TransferDto {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(crate) struct StoreWatermarks(pub(crate) Arc<dyn MetaStore>);
 
 #[async_trait]
@@ -170,31 +179,33 @@ where
     let mut running = lock(&state.transfers.running);
     let handle = tokio::spawn(async move {
         let progress = Arc::new(Progress::default());
-        let reporter = {
-            let (state, progress, mut rec) =
-                (task_state.clone(), progress.clone(), task_rec.clone());
+        // Stops with the job, also when the job is cancelled (aborted).
+        let _reporter = AbortOnDrop({
+            let (state, progress, id) = (task_state.clone(), progress.clone(), task_rec.id.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 loop {
                     tick.tick().await;
-                    rec.rows_read = progress
-                        .rows_read
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        as i64;
-                    rec.rows_written = progress
-                        .rows_written
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        as i64;
-                    let expected = progress
-                        .rows_expected
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    rec.rows_expected = (expected > 0).then_some(expected as i64);
-                    let _ = state.meta.update_transfer(&rec).await;
+                    let load = |c: &std::sync::atomic::AtomicU64| {
+                        c.load(std::sync::atomic::Ordering::Relaxed) as i64
+                    };
+                    let expected = load(&progress.rows_expected);
+                    // Counters only, and only while running: this write may land after the
+                    // job's final record (abort does not stop a statement already sent).
+                    let _ = state
+                        .meta
+                        .update_transfer_progress(
+                            &id,
+                            load(&progress.rows_read),
+                            load(&progress.rows_written),
+                            (expected > 0).then_some(expected),
+                        )
+                        .await;
                 }
             })
-        };
+        });
         let outcome = work(progress.clone(), StoreWatermarks(task_state.meta.clone())).await;
-        reporter.abort();
+        drop(_reporter);
         task_rec.rows_read = progress
             .rows_read
             .load(std::sync::atomic::Ordering::Relaxed) as i64;

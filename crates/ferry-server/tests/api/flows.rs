@@ -661,6 +661,73 @@ params = {{ instance = "pg", sql = "{sql}" }}
     );
 }
 
+#[tokio::test]
+async fn http_and_shell_nodes() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    let (hook, mut received) = webhook_receiver().await;
+    apply(
+        &server,
+        &format!(
+            r#"
+name = "calls"
+[[nodes]]
+id = "notify_bi"
+kind = "http"
+params = {{ url = "{hook}", body = {{ day = "${{bizdate}}", source = "ferry" }} }}
+"#
+        ),
+    )
+    .await;
+    let id = start(&server, "calls", json!({ "bizdate": "2026-11-21" })).await;
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(
+        task(&run, "notify_bi")["outputs"],
+        json!({ "http_status": "200" })
+    );
+    assert_eq!(
+        received.recv().await.unwrap(),
+        json!({ "day": "2026-11-21", "source": "ferry" })
+    );
+    // Shell nodes are refused unless the server allows them.
+    let shell = "name = \"sh\"\n[[nodes]]\nid = \"echo\"\nkind = \"shell\"\nparams = { command = \"echo day=$FERRY_BIZDATE; exit 3\" }\n";
+    let (status, v) = server.post("/api/v1/flows", json!({ "toml": shell })).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--enable-shell"),
+        "{v}"
+    );
+    let allowed = TestServer::start_with(|c| c.enable_shell = true).await;
+    let (status, v) = allowed
+        .post("/api/v1/flows", json!({ "toml": shell }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (_, v) = allowed
+        .post("/api/v1/flows/sh/runs", json!({ "bizdate": "2026-11-21" }))
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let run = wait_for("the shell run", 30, || async {
+        let (_, v) = allowed.get(&format!("/api/v1/runs/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        task(&run, "echo")["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 3"),
+        "{run}"
+    );
+    let (_, logs) = allowed.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(logs.to_string().contains("day=2026-11-21"), "{logs}");
+}
+
 fn uuid_tag() -> String {
     format!(
         "{}-{}",

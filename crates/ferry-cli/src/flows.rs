@@ -424,3 +424,33 @@ async fn restart(client: &Client, out: Output, id: &str, action: &str) -> anyhow
     }
     Ok(())
 }
+
+/// `ferry trend INSTANCE [TABLE]`: table row counts and sizes over time.
+#[derive(clap::Args)]
+pub struct TrendArgs {
+    instance: String,
+    table: Option<String>,
+    /// How many days back.
+    #[arg(long, default_value_t = 30)]
+    days: i64,
+}
+
+pub async fn trend(client: &Client, out: Output, args: TrendArgs) -> anyhow::Result<()> {
+    let since = chrono::Utc::now().timestamp_millis() - args.days * 86_400_000;
+    let mut path = format!(
+        "/api/v1/instances/{}/trends?since_ms={since}",
+        client::seg(&args.instance)
+    );
+    if let Some(t) = &args.table {
+        path.push_str(&format!("&table={}", client::seg(t)));
+    }
+    let mut v = client.get(&path).await?;
+    for sample in v.as_array_mut().into_iter().flatten() {
+        let at = chrono::DateTime::from_timestamp_millis(sample["at_ms"].as_i64().unwrap_or(0))
+            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
+        sample["at"] = Value::String(at);
+    }
+    render::records(out, &v, &["at", "table", "row_estimate", "size_bytes"]);
+    Ok(())
+}

@@ -80,6 +80,8 @@ enum Command {
     /// Runs of task flows: list, show a run's nodes, logs, cancel, restore, rerun.
     #[command(subcommand)]
     Run(flows::RunCmd),
+    /// Table row counts and sizes over time, sampled by the server.
+    Trend(flows::TrendArgs),
 }
 
 #[derive(Subcommand)]
@@ -275,6 +277,9 @@ struct ServeArgs {
     /// Allow flow nodes of kind `shell`, which run commands on this server as its user.
     #[arg(long, env = "FERRY_ENABLE_SHELL")]
     enable_shell: bool,
+    /// How often table row counts and sizes are sampled for `ferry trend`.
+    #[arg(long, env = "FERRY_TREND_INTERVAL_SECS", default_value_t = 3600)]
+    trend_interval_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -451,6 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Archive(cmd) => archive(&client, out, cmd).await,
         Command::Flow(cmd) => flows::flow(&client, out, cmd).await,
         Command::Run(cmd) => flows::run(&client, out, cmd).await,
+        Command::Trend(args) => flows::trend(&client, out, args).await,
     }
 }
 
@@ -471,6 +477,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         row_limit: args.row_limit,
         task_slots: args.task_slots,
         enable_shell: args.enable_shell,
+        trend_interval: std::time::Duration::from_secs(args.trend_interval_secs.max(1)),
         ..Default::default()
     };
     let data_dir = config.data_dir.clone();

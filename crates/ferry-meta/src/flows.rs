@@ -565,3 +565,54 @@ impl FlowRepo for SqlStore {
             .collect()
     }
 }
+
+#[async_trait]
+impl crate::TrendRepo for SqlStore {
+    async fn record_table_stats(&self, bucket: i64, stats: &[crate::TableStat]) -> Result<()> {
+        for s in stats {
+            sqlx::query(
+                "insert into table_stats (instance, table_name, bucket, at_ms, row_estimate, size_bytes) \
+                 values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+            )
+            .bind(&s.instance)
+            .bind(&s.table)
+            .bind(bucket)
+            .bind(s.at_ms)
+            .bind(s.row_estimate)
+            .bind(s.size_bytes)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    async fn table_stats(
+        &self,
+        instance: &str,
+        table: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<crate::TableStat>> {
+        let rows = sqlx::query(
+            "select instance, table_name, at_ms, row_estimate, size_bytes from table_stats \
+             where instance = $1 and ($2 is null or table_name = $2) and at_ms >= $3 order by at_ms, table_name",
+        )
+        .bind(instance)
+        .bind(table)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::TableStat {
+                    instance: get(r, "instance")?,
+                    table: get(r, "table_name")?,
+                    at_ms: get(r, "at_ms")?,
+                    row_estimate: get(r, "row_estimate")?,
+                    size_bytes: get(r, "size_bytes")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -146,9 +146,34 @@ pub trait ArchiveRepo: Send + Sync {
     async fn delete_archive(&self, name: &str) -> Result<bool>;
 }
 
+/// One sample of a table's size, for data trends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableStat {
+    pub instance: String,
+    /// `schema.table` or `table`.
+    pub table: String,
+    pub at_ms: i64,
+    pub row_estimate: Option<i64>,
+    pub size_bytes: Option<i64>,
+}
+
+#[async_trait]
+pub trait TrendRepo: Send + Sync {
+    /// Records samples; at most one per table and `bucket` (an interval number), so nodes
+    /// collecting at the same time do not duplicate points.
+    async fn record_table_stats(&self, bucket: i64, stats: &[TableStat]) -> Result<()>;
+    /// Samples of an instance (one table, or all), oldest first, since `since_ms`.
+    async fn table_stats(
+        &self,
+        instance: &str,
+        table: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<TableStat>>;
+}
+
 /// Everything the server needs from the store.
 pub trait MetaStore:
-    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo + FlowRepo
+    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo + FlowRepo + TrendRepo
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

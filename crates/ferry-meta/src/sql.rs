@@ -148,6 +148,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         "alter table flow_runs add column overdue_notified_ms bigint",
     ),
+    (
+        7,
+        "create table table_stats (
+        instance text not null,
+        table_name text not null,
+        bucket bigint not null,
+        at_ms bigint not null,
+        row_estimate bigint,
+        size_bytes bigint,
+        primary key (instance, table_name, bucket)
+    )",
+    ),
 ];
 
 /// The metadata store on SQLite or PostgreSQL.

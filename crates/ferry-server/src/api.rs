@@ -112,6 +112,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::rerun_run,
         crate::flows::list_templates,
         crate::flows::diff_flow,
+        crate::trends::trends,
         crate::flows::render_template
     ),
     components(schemas(
@@ -159,6 +160,10 @@ pub fn router(state: SharedState) -> Router {
             delete(kill_process),
         )
         .route("/api/v1/instances/{name}/connections", get(connections))
+        .route(
+            "/api/v1/instances/{name}/trends",
+            get(crate::trends::trends),
+        )
         .route("/api/v1/instances/{name}/sql", post(run_sql))
         .route("/api/v1/sessions", get(list_sessions).post(open_session))
         .route(

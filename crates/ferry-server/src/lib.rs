@@ -16,6 +16,7 @@ pub mod queries;
 pub mod schema_diff;
 pub mod sessions;
 pub mod transfers;
+pub mod trends;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub scheduler_interval: Duration,
     /// Allow flow nodes of kind `shell` (commands run on this server).
     pub enable_shell: bool,
+    /// How often table row counts and sizes are sampled for data trends.
+    pub trend_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             task_lease: Duration::from_secs(30),
             scheduler_interval: Duration::from_secs(1),
             enable_shell: false,
+            trend_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -156,12 +160,14 @@ impl BoundServer {
     ) -> anyhow::Result<()> {
         let policy = tokio::spawn(policy::run(self.state.clone()));
         flows::start(&self.state);
+        let trends = tokio::spawn(trends::run(self.state.clone()));
         let app = api::router(self.state.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server failed")?;
         policy.abort();
+        trends.abort();
         self.state
             .sessions
             .close_all(&self.state, "the server is shutting down");

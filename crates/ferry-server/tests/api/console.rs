@@ -7,6 +7,41 @@ use serde_json::json;
 use crate::common::*;
 
 #[tokio::test]
+async fn table_sizes_are_sampled_into_trends() {
+    let server = TestServer::start_with(|c| {
+        c.demo = true;
+        c.trend_interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    // Two samples of the demo's orders, taken in two different intervals.
+    let samples = wait_for("two samples of orders", 30, || async {
+        let (_, v) = server
+            .get("/api/v1/instances/demo/trends?table=orders")
+            .await;
+        (v.as_array().unwrap().len() >= 2).then_some(v)
+    })
+    .await;
+    let first = &samples[0];
+    assert_eq!(first["table"], "orders");
+    // SQLite keeps no sizes; its row counts are exact.
+    assert_eq!(first["row_estimate"], 120_000, "{first}");
+    assert!(samples[1]["at_ms"].as_i64() > first["at_ms"].as_i64());
+    let (_, all) = server.get("/api/v1/instances/demo/trends").await;
+    let tables: std::collections::BTreeSet<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["table"].as_str().unwrap())
+        .collect();
+    assert!(
+        tables.contains("customers") && tables.contains("products"),
+        "{tables:?}"
+    );
+    let (status, _) = server.get("/api/v1/instances/nope/trends").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn demo_instance_has_realistic_orders() {
     let server = TestServer::start_with(|c| c.demo = true).await;
     let rows = server

@@ -520,6 +520,7 @@ impl Executor {
             })
         };
 
+        let mut log_writer = None;
         let outcome = match kinds::kind(&node.kind) {
             None => Err(Error::InvalidInput(format!(
                 "unknown task kind \"{}\"",
@@ -528,17 +529,22 @@ impl Executor {
             Some(kind) => {
                 let values = self.values_for(&run, &spec, &node.id).await?;
                 let at = run_time(&run, &spec)?;
-                let logger = {
+                // Lines go through one writer, in order; it is awaited before the task ends,
+                // so every line is stored before the outcome is.
+                let (lines, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let writer = {
                     let store = self.store.clone();
                     let id = task.id.clone();
-                    Arc::new(move |line: String| {
-                        let store = store.clone();
-                        let id = id.clone();
-                        tokio::spawn(async move {
+                    tokio::spawn(async move {
+                        while let Some(line) = pending.recv().await {
                             let _ = store.append_task_log(&id, &line).await;
-                        });
-                    }) as kinds::Logger
+                        }
+                    })
                 };
+                log_writer = Some(writer);
+                let logger = Arc::new(move |line: String| {
+                    let _ = lines.send(line);
+                }) as kinds::Logger;
                 let ctx = TaskContext {
                     resources: self.resources.clone(),
                     values,
@@ -566,6 +572,9 @@ impl Executor {
         };
         cancel.cancel();
         let _ = renewer.await;
+        if let Some(writer) = log_writer {
+            let _ = writer.await;
+        }
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -112,6 +112,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::rerun_run,
         crate::flows::list_templates,
         crate::flows::diff_flow,
+        crate::flows::stream_logs,
         crate::trends::trends,
         crate::flows::render_template
     ),

@@ -127,6 +127,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
+        .route("/api/v1/runs/{id}/logs/stream", get(stream_logs))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{id}/restore", post(restore_run))
         .route("/api/v1/runs/{id}/rerun", post(rerun_run))
@@ -616,6 +617,88 @@ pub async fn run_logs(
             })
             .collect(),
     ))
+}
+
+/// New log lines of a run's tasks after the sequence numbers already seen.
+async fn new_lines(
+    meta: &dyn MetaStore,
+    id: &str,
+    seen: &mut BTreeMap<String, i64>,
+) -> Result<Vec<LogLineDto>> {
+    let mut lines = Vec::new();
+    for t in meta.list_tasks(id).await? {
+        let after = seen.get(&t.id).copied().unwrap_or(0);
+        for l in meta.task_logs(&t.id, after).await? {
+            seen.insert(t.id.clone(), l.seq);
+            lines.push(LogLineDto {
+                node: t.node.clone(),
+                seq: l.seq,
+                at_ms: l.at_ms,
+                line: l.line,
+            });
+        }
+    }
+    lines.sort_by_key(|l| (l.at_ms, l.seq));
+    Ok(lines)
+}
+
+/// A run's log lines as server-sent events while it runs: one `log` event per line (JSON), then
+/// an `end` event with the run's final status.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs/stream", responses((status = 200, description = "text/event-stream"), (status = 404)))]
+pub async fn stream_logs(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    state.meta.get_run(&id).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "run {id} does not exist; list runs with `ferry run list`"
+        ))
+    })?;
+    struct Tail {
+        state: SharedState,
+        id: String,
+        seen: BTreeMap<String, i64>,
+        done: bool,
+    }
+    let tail = Tail {
+        state,
+        id,
+        seen: BTreeMap::new(),
+        done: false,
+    };
+    let events = futures::stream::unfold(tail, |mut t| async move {
+        if t.done {
+            return None;
+        }
+        loop {
+            // The status first: every line written before the run ended is read after it.
+            let status = match t.state.meta.get_run(&t.id).await {
+                Ok(Some(r)) => r.status,
+                _ => "unknown".into(),
+            };
+            let lines = new_lines(t.state.meta.as_ref(), &t.id, &mut t.seen)
+                .await
+                .unwrap_or_default();
+            let mut events: Vec<std::result::Result<Event, std::convert::Infallible>> = lines
+                .iter()
+                .filter_map(|l| Event::default().event("log").json_data(l).ok())
+                .map(Ok)
+                .collect();
+            if !matches!(status.as_str(), "running" | "queued") {
+                events.push(Ok(Event::default().event("end").data(status)));
+                t.done = true;
+            }
+            if !events.is_empty() {
+                return Some((futures::stream::iter(events), t));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    Ok(Sse::new(events.flatten())
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", responses((status = 200, body = RunDto), (status = 404), (status = 409)))]

@@ -728,6 +728,47 @@ params = {{ url = "{hook}", body = {{ day = "${{bizdate}}", source = "ferry" }} 
     assert!(logs.to_string().contains("day=2026-11-21"), "{logs}");
 }
 
+#[tokio::test]
+async fn logs_stream_live_until_the_run_ends() {
+    let Some(server) = flow_server().await else {
+        return;
+    };
+    apply(
+        &server,
+        r#"
+name = "streamed"
+[[nodes]]
+id = "first"
+kind = "sql"
+params = { instance = "pg", sql = "select pg_sleep(0.5) as slept" }
+[[nodes]]
+id = "second"
+kind = "sql"
+upstream = ["first"]
+params = { instance = "pg", sql = "select 42 as answer" }
+"#,
+    )
+    .await;
+    let id = start(&server, "streamed", json!({})).await;
+    // Opened while the run is going; the response ends with the run.
+    let body = reqwest::get(format!("{}/api/v1/runs/{id}/logs/stream", server.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        body.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = body.text().await.unwrap();
+    let first = text.find("select pg_sleep(0.5)").expect(&text);
+    let second = text.find("select 42 as answer").expect(&text);
+    assert!(first < second, "{text}");
+    assert!(text.contains("event: log"), "{text}");
+    assert!(
+        text.trim_end().ends_with("event: end\ndata: success"),
+        "{text}"
+    );
+}
+
 fn uuid_tag() -> String {
     format!(
         "{}-{}",

@@ -90,6 +90,27 @@ pub async fn start_run(store: &dyn MetaStore, req: RunRequest) -> Result<Option<
     };
     let id = uuid::Uuid::new_v4().to_string();
     let values = vars::resolve(&spec, &id, &req.at, &req.overrides)?;
+    // The settings of the instances the nodes use, as they are now.
+    let mut instances = serde_json::Map::new();
+    for n in &spec.nodes {
+        let Some(kind) = kinds::kind(&n.kind) else {
+            continue;
+        };
+        for name in kind
+            .check(&n.params)
+            .map(|c| c.instances)
+            .unwrap_or_default()
+        {
+            if let Some(rec) = store.get_instance(&name).await? {
+                let settings: serde_json::Value =
+                    serde_json::from_str(&rec.settings).unwrap_or(serde_json::Value::Null);
+                instances.insert(
+                    name,
+                    serde_json::json!({ "engine": rec.engine, "environment": rec.environment, "settings": settings }),
+                );
+            }
+        }
+    }
     let now = now_ms();
     let run = FlowRunRecord {
         id: id.clone(),
@@ -101,6 +122,7 @@ pub async fn start_run(store: &dyn MetaStore, req: RunRequest) -> Result<Option<
         scheduled_ms: req.at.timestamp_millis(),
         bizdate: vars::bizdate(&req.at).format("%Y-%m-%d").to_string(),
         variables: serde_json::to_string(&values).map_err(|e| Error::Internal(e.to_string()))?,
+        instances: Some(serde_json::Value::Object(instances).to_string()),
         error: None,
         created_at_ms: now,
         started_at_ms: (!must_wait).then_some(now),

@@ -41,6 +41,10 @@ pub struct FlowRunRecord {
     pub bizdate: String,
     /// The resolved variables as a JSON object.
     pub variables: String,
+    /// The engine, environment and settings of each instance the run's nodes use, as they were
+    /// when it started (JSON object by instance name; never a URL or a secret).
+    #[serde(default)]
+    pub instances: Option<String>,
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
@@ -136,7 +140,7 @@ pub trait FlowRepo: Send + Sync {
 
 const FLOW_COLUMNS: &str =
     "f.name, f.version, v.spec, f.enabled, f.next_fire_ms, f.created_at_ms, f.updated_at_ms";
-const RUN_COLUMNS: &str = "id, flow, version, status, trigger_kind, fire_key, scheduled_ms, bizdate, variables, error, created_at_ms, started_at_ms, finished_at_ms";
+const RUN_COLUMNS: &str = "id, flow, version, status, trigger_kind, fire_key, scheduled_ms, bizdate, variables, error, created_at_ms, started_at_ms, finished_at_ms, instances";
 const TASK_COLUMNS: &str = "id, run_id, node, status, attempt, priority, lease_owner, lease_until_ms, available_at_ms, started_at_ms, finished_at_ms, error, outputs, row_count";
 
 fn get<'r, T>(row: &'r AnyRow, column: &str) -> Result<T>
@@ -169,6 +173,7 @@ fn run_from(row: &AnyRow) -> Result<FlowRunRecord> {
         scheduled_ms: get(row, "scheduled_ms")?,
         bizdate: get(row, "bizdate")?,
         variables: get(row, "variables")?,
+        instances: get(row, "instances")?,
         error: get(row, "error")?,
         created_at_ms: get(row, "created_at_ms")?,
         started_at_ms: get(row, "started_at_ms")?,
@@ -295,7 +300,7 @@ impl FlowRepo for SqlStore {
     async fn create_run(&self, run: &FlowRunRecord, tasks: &[TaskRunRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "insert into flow_runs ({RUN_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "insert into flow_runs ({RUN_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         )))
         .bind(&run.id)
         .bind(&run.flow)
@@ -310,6 +315,7 @@ impl FlowRepo for SqlStore {
         .bind(run.created_at_ms)
         .bind(run.started_at_ms)
         .bind(run.finished_at_ms)
+        .bind(run.instances.clone())
         .execute(&mut *tx)
         .await
         .map_err(|e| match store_error(e) {

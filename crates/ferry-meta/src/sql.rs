@@ -160,6 +160,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         primary key (instance, table_name, bucket)
     )",
     ),
+    (8, "alter table flow_runs add column instances text"),
 ];
 
 /// The metadata store on SQLite or PostgreSQL.

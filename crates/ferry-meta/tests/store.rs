@@ -223,6 +223,7 @@ async fn flows(store: &dyn MetaStore) {
         scheduled_ms: 1000,
         bizdate: "2026-11-21".into(),
         variables: "{}".into(),
+        instances: Some("{\"lite\":{}}".into()),
         error: None,
         created_at_ms: now_ms(),
         started_at_ms: Some(now_ms()),

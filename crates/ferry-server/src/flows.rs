@@ -318,6 +318,9 @@ pub struct RunDto {
     pub scheduled_ms: i64,
     #[schema(value_type = Object)]
     pub variables: serde_json::Value,
+    /// Engine, environment and settings of each instance the run uses, as when it started.
+    #[schema(value_type = Object)]
+    pub instances: serde_json::Value,
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
@@ -358,6 +361,11 @@ fn run_dto(r: FlowRunRecord, tasks: Option<Vec<TaskDto>>) -> RunDto {
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v.value)))
             .collect(),
+        instances: r
+            .instances
+            .as_deref()
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or(serde_json::Value::Null),
         error: r.error,
         created_at_ms: r.created_at_ms,
         started_at_ms: r.started_at_ms,

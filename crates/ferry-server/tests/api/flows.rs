@@ -99,6 +99,13 @@ async fn a_flow_runs_its_dag_with_variables_and_outputs() {
         .collect();
     assert_eq!(order, ["setup", "load", "report"]);
     assert_eq!(task(&run, "load")["outputs"], json!({ "max_n": "3" }));
+    // The run keeps the settings of the instances it used, without their URLs.
+    assert_eq!(run["instances"]["pg"]["engine"], "postgres");
+    assert_eq!(
+        run["instances"]["pg"]["settings"]["max_connections"], 10,
+        "{run}"
+    );
+    assert!(!run["instances"].to_string().contains("127.0.0.1"), "{run}");
     assert_eq!(run["variables"]["target"], "report_20261121");
     let rows = server
         .rows(

@@ -205,6 +205,14 @@ impl FlowRepo for SqlStore {
     async fn apply_flow(&self, name: &str, spec: &str, enabled: bool) -> Result<i64> {
         let now = crate::now_ms();
         let mut tx = self.pool.begin().await.map_err(store_error)?;
+        // Write first: on SQLite a transaction that reads and then writes fails at once if
+        // another connection wrote in between; one that starts by writing waits for its turn.
+        sqlx::query("update flows set updated_at_ms = $2 where name = $1")
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         let current: Option<i64> = sqlx::query_scalar("select version from flows where name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)

@@ -1,8 +1,8 @@
 //! The same repository suite on both backends: the embedded SQLite store and PostgreSQL.
 
 use ferry_meta::{
-    FlowRunRecord, InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord, QueryRecord,
-    SqlStore, TaskRunRecord, TransferRecord, now_ms,
+    FlowRepo, FlowRunRecord, InstanceRecord, InstanceRepo, MetaStore, PolicyActionRecord,
+    QueryRecord, SqlStore, TaskRunRecord, TransferRecord, now_ms,
 };
 
 fn instance(name: &str) -> InstanceRecord {
@@ -366,4 +366,25 @@ async fn unreachable_store_is_explained_without_password() {
     assert!(!err.message().contains("s3cret"), "{err}");
     let err = SqlStore::open("mongodb://x").await.err().unwrap();
     assert_eq!(err.code(), "invalid_input");
+}
+
+#[tokio::test]
+async fn flows_apply_while_workers_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SqlStore::open_sqlite(dir.path()).await.unwrap());
+    // Workers poll with writes all the time; applying a flow must still go through each time.
+    let busy = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                store.requeue_expired(now_ms()).await.unwrap();
+                store.set_next_fire("f", Some(now_ms())).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for v in 1..=40 {
+        assert_eq!(store.apply_flow("f", "{}", true).await.unwrap(), v);
+    }
+    busy.abort();
 }

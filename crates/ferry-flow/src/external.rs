@@ -1,11 +1,14 @@
-//! Task kinds that reach outside the databases: `http` (a webhook call) and `shell` (a command
-//! on the server, disabled unless an administrator starts the server with `--enable-shell`).
+//! Task kinds beyond one database: `cross_sql` (DataFusion over tables of several instances,
+//! the result written into a table), `http` (a webhook call) and `shell` (a command on the
+//! server, disabled unless an administrator starts the server with `--enable-shell`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{Engine, Error, Result};
+use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::kinds::{Checked, TaskContext, TaskKind, TaskResult};
@@ -189,5 +192,200 @@ impl TaskKind for ShellKind {
             return Err(Error::Engine(format!("the command exited with {status}")));
         }
         Ok(TaskResult::default())
+    }
+}
+
+/// A source of `cross_sql`: a table or a query on an instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrossSource {
+    instance: String,
+    #[serde(default)]
+    database: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    sql: Option<String>,
+}
+
+/// Parameters of `cross_sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrossSqlParams {
+    /// Aliases the SQL uses, each a table or query on an instance.
+    sources: BTreeMap<String, CrossSource>,
+    /// DataFusion SQL over the aliases.
+    sql: String,
+    /// The table the result goes into.
+    target: ferry_move::Endpoint,
+    /// `replace` (the default) empties the target first; `append` adds.
+    #[serde(default = "replace")]
+    mode: String,
+    /// Create the target from the result's columns when it does not exist.
+    #[serde(default)]
+    create: bool,
+}
+
+fn replace() -> String {
+    "replace".into()
+}
+
+pub struct CrossSqlKind;
+
+#[async_trait]
+impl TaskKind for CrossSqlKind {
+    fn name(&self) -> &'static str {
+        "cross_sql"
+    }
+
+    fn check(&self, params: &serde_json::Value) -> Result<Checked> {
+        let p: CrossSqlParams = parse(params)?;
+        if p.sources.is_empty() {
+            return Err(Error::InvalidInput(
+                "sources is empty: name at least one table or query".into(),
+            ));
+        }
+        for (alias, s) in &p.sources {
+            if s.table.is_some() == s.sql.is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "source {alias}: give exactly one of table or sql"
+                )));
+            }
+        }
+        if !matches!(p.mode.as_str(), "replace" | "append") {
+            return Err(Error::InvalidInput(format!(
+                "mode {:?} must be replace or append",
+                p.mode
+            )));
+        }
+        let mut instances: Vec<String> = p.sources.values().map(|s| s.instance.clone()).collect();
+        instances.push(p.target.instance.clone());
+        Ok(Checked { instances })
+    }
+
+    async fn run(&self, ctx: &TaskContext, params: &serde_json::Value) -> Result<TaskResult> {
+        use ferry_connect::write::{WriteTarget, qualified_table};
+        let p: CrossSqlParams = parse(&ctx.substitute(params, Engine::Postgres)?)?;
+        let mut sources = Vec::new();
+        for (alias, s) in &p.sources {
+            let pool = ctx.resources.pool(&s.instance).await?;
+            let engine = pool.connector().engine();
+            let sql = match (&s.sql, &s.table) {
+                (Some(sql), _) => sql.clone(),
+                (None, Some(table)) => {
+                    let (schema, name) = match table.split_once('.') {
+                        Some((s, t)) => (Some(s), t),
+                        None => (None, table.as_str()),
+                    };
+                    format!("SELECT * FROM {}", qualified_table(engine, schema, name))
+                }
+                (None, None) => unreachable!("checked"),
+            };
+            sources.push(ferry_query::cross::Source {
+                alias: alias.clone(),
+                pool,
+                database: s.database.clone(),
+                sql,
+            });
+        }
+        (ctx.log)(format!(
+            "cross-database query over {}",
+            p.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        let (schema, stream) = ferry_query::cross::query(sources, &p.sql).await?;
+        // Text and binary views become plain columns every engine's writer knows.
+        let plain = |t: &arrow::datatypes::DataType| {
+            use arrow::datatypes::DataType::*;
+            match t {
+                Utf8View | LargeUtf8 => Utf8,
+                BinaryView | LargeBinary => Binary,
+                other => other.clone(),
+            }
+        };
+        let target_schema: arrow::datatypes::SchemaRef = Arc::new(arrow::datatypes::Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| arrow::datatypes::Field::new(f.name(), plain(f.data_type()), true))
+                .collect::<Vec<_>>(),
+        ));
+        let pool = ctx.resources.pool(&p.target.instance).await?;
+        let engine = pool.connector().engine();
+        let mut lease = pool
+            .acquire(
+                ferry_core::Feature::Task,
+                p.target.database.as_deref(),
+                "task",
+            )
+            .await?;
+        let qualified = qualified_table(engine, p.target.schema.as_deref(), &p.target.table);
+        match lease
+            .conn()
+            .table(p.target.schema.as_deref(), &p.target.table)
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) if p.create => {
+                let ddl =
+                    ferry_move::plan::create_table_sql(engine, &p.target, &target_schema, &[])?;
+                lease.conn().run(&ddl).await?;
+                (ctx.log)(format!("created {qualified}"));
+            }
+            Err(Error::NotFound(_)) => {
+                return Err(Error::NotFound(format!(
+                    "target table {qualified} does not exist: create it, or set create = true"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let target = WriteTarget {
+            schema: p.target.schema.clone(),
+            table: p.target.table.clone(),
+            columns: target_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+            upsert_keys: None,
+        };
+        let cast_schema = target_schema.clone();
+        let batches = stream.map(move |b| {
+            let b = b.map_err(|e| Error::Engine(e.to_string()))?;
+            let columns = b
+                .columns()
+                .iter()
+                .zip(cast_schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            arrow::record_batch::RecordBatch::try_new(cast_schema.clone(), columns)
+                .map_err(|e| Error::Internal(e.to_string()))
+        });
+        lease.conn().run(crate::kinds::begin_sql(engine)).await?;
+        let written = async {
+            if p.mode == "replace" {
+                lease
+                    .conn()
+                    .run(&format!("DELETE FROM {qualified}"))
+                    .await?;
+            }
+            lease.conn().write(&target, Box::pin(batches)).await
+        }
+        .await;
+        let rows = match written {
+            Ok(n) => {
+                lease.conn().run("COMMIT").await?;
+                n
+            }
+            Err(e) => {
+                let _ = lease.conn().run("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        (ctx.log)(format!("wrote {rows} rows into {qualified}"));
+        Ok(TaskResult {
+            rows,
+            outputs: BTreeMap::new(),
+        })
     }
 }

@@ -125,7 +125,15 @@ pub trait TaskKind: Send + Sync {
 }
 
 /// Every kind, by name.
-pub const KINDS: &[&str] = &["sql", "check", "transfer", "export", "http", "shell"];
+pub const KINDS: &[&str] = &[
+    "sql",
+    "cross_sql",
+    "check",
+    "transfer",
+    "export",
+    "http",
+    "shell",
+];
 
 pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
     match name {
@@ -133,6 +141,7 @@ pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
         "check" => Some(&CheckKind),
         "transfer" => Some(&TransferKind),
         "export" => Some(&ExportKind),
+        "cross_sql" => Some(&crate::external::CrossSqlKind),
         "http" => Some(&crate::external::HttpKind),
         "shell" => Some(&crate::external::ShellKind),
         _ => None,
@@ -284,7 +293,7 @@ impl TaskKind for SqlKind {
     }
 }
 
-fn begin_sql(engine: Engine) -> &'static str {
+pub(crate) fn begin_sql(engine: Engine) -> &'static str {
     match engine {
         Engine::Mysql => "START TRANSACTION",
         _ => "BEGIN",

@@ -28,6 +28,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// The instance name under which archives are queried (`ferry sql archive "…"`).
+pub mod cross;
+
 pub const ARCHIVE_INSTANCE: &str = "archive";
 
 /// An archive: files under a URL, queried as one table.

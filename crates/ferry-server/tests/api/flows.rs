@@ -776,6 +776,46 @@ params = { instance = "pg", sql = "select 42 as answer" }
     );
 }
 
+#[tokio::test]
+async fn cross_database_sql_joins_instances_into_a_table() {
+    let server = TestServer::start().await;
+    if !pg_and_my(&server).await {
+        return;
+    }
+    server
+        .sql("pg", "create table visits (user_id int, d date); insert into visits select g % 40, date '2026-11-21' - (g % 3) from generate_series(1, 3000) g")
+        .await;
+    server
+        .sql("my", "create table users (user_id int primary key, region varchar(10)); insert into users select seq, if(seq % 4 = 0, 'north', 'south') from seq_0_to_39")
+        .await;
+    apply(
+        &server,
+        r#"
+name = "uv_by_region"
+[[nodes]]
+id = "join"
+kind = "cross_sql"
+params = { sources = { v = { instance = "pg", sql = "select user_id, d from visits where d = ${bizdate}" }, u = { instance = "my", table = "users" } }, sql = "select u.region, count(distinct v.user_id) as uv from v join u on u.user_id = v.user_id group by u.region", target = { instance = "pg", table = "uv_by_region" }, create = true }
+"#,
+    )
+    .await;
+    for _ in 0..2 {
+        let id = start(&server, "uv_by_region", json!({ "bizdate": "2026-11-21" })).await;
+        let run = finished(&server, &id).await;
+        assert_eq!(run["status"], "success", "{run}");
+        assert_eq!(task(&run, "join")["rows"], 2);
+    }
+    // The same answer as one database would give, and a rerun replaced rather than added.
+    let expected = server
+        .rows("pg", "select case when user_id % 4 = 0 then 'north' else 'south' end as region, count(distinct user_id) as uv from visits where d = '2026-11-21' group by 1 order by 1")
+        .await;
+    let got = server
+        .rows("pg", "select region, uv from uv_by_region order by region")
+        .await;
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 2);
+}
+
 fn uuid_tag() -> String {
     format!(
         "{}-{}",

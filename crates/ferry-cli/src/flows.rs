@@ -12,7 +12,8 @@ use crate::{Output, render};
 
 #[derive(Subcommand)]
 pub enum FlowCmd {
-    /// Validate a flow file (TOML) and store it as the flow's next version.
+    /// Validate a flow file (TOML, or YAML when it ends in .yaml/.yml) and store it as the
+    /// flow's next version.
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
@@ -112,9 +113,13 @@ pub async fn flow(client: &Client, out: Output, cmd: FlowCmd) -> anyhow::Result<
         FlowCmd::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read the flow file {}", file.display()))?;
-            let v = client
-                .post("/api/v1/flows", &json!({ "toml": text }))
-                .await?;
+            let yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            let body = if yaml {
+                json!({ "yaml": text })
+            } else {
+                json!({ "toml": text })
+            };
+            let v = client.post("/api/v1/flows", &body).await?;
             match out {
                 Output::Table => println!(
                     "flow {} is at version {}{}",

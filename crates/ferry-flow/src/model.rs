@@ -171,6 +171,11 @@ impl FlowSpec {
         toml::from_str(text).map_err(|e| Error::InvalidInput(format!("flow file: {e}")))
     }
 
+    /// Parses a YAML flow file (the same structure as TOML).
+    pub fn from_yaml(text: &str) -> Result<FlowSpec> {
+        serde_norway::from_str(text).map_err(|e| Error::InvalidInput(format!("flow file: {e}")))
+    }
+
     /// Parses a JSON flow definition.
     pub fn from_json(value: serde_json::Value) -> Result<FlowSpec> {
         serde_json::from_value(value).map_err(|e| Error::InvalidInput(format!("flow: {e}")))

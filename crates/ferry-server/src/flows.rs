@@ -133,12 +133,15 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/runs/{id}/rerun", post(rerun_run))
 }
 
-/// A flow definition: TOML text (`toml`) or the same structure as JSON (`spec`).
+/// A flow definition: TOML text (`toml`), YAML text (`yaml`) or the same structure as JSON
+/// (`spec`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyFlow {
     #[serde(default)]
     pub toml: Option<String>,
+    #[serde(default)]
+    pub yaml: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub spec: Option<serde_json::Value>,
@@ -175,13 +178,13 @@ fn flow_dto(r: FlowRecord) -> Result<FlowDto> {
 
 /// Checks a definition against the registered instances and stores it as a new version.
 pub async fn apply(state: &SharedState, req: ApplyFlow) -> Result<FlowDto> {
-    let spec = match (req.toml, req.spec) {
-        (Some(text), None) => FlowSpec::from_toml(&text)?,
-        (None, Some(value)) => FlowSpec::from_json(value)?,
+    let spec = match (req.toml, req.yaml, req.spec) {
+        (Some(text), None, None) => FlowSpec::from_toml(&text)?,
+        (None, Some(text), None) => FlowSpec::from_yaml(&text)?,
+        (None, None, Some(value)) => FlowSpec::from_json(value)?,
         _ => {
             return Err(Error::InvalidInput(
-                "give the flow as exactly one of \"toml\" (the file's text) or \"spec\" (JSON)"
-                    .into(),
+                "give the flow as exactly one of \"toml\" or \"yaml\" (the file's text) or \"spec\" (JSON)".into(),
             ));
         }
     };

@@ -379,6 +379,20 @@ async fn bad_flows_are_refused_naming_node_and_field() {
     }
     let (_, flows) = server.get("/api/v1/flows").await;
     assert_eq!(flows, json!([]), "nothing invalid was saved");
+    // YAML is the same structure; its errors name the line too.
+    let yaml =
+        "name: y\nnodes:\n  - id: a\n    kind: sql\n    params: { instance: pg, sql: select 1 }\n";
+    let (status, v) = server.post("/api/v1/flows", json!({ "yaml": yaml })).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["spec"]["nodes"][0]["params"]["sql"], "select 1");
+    let (status, v) = server
+        .post("/api/v1/flows", json!({ "yaml": "name: y\nnodes: 3\n" }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 2"),
+        "{v}"
+    );
 }
 
 #[tokio::test]

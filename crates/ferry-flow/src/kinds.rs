@@ -25,6 +25,12 @@ pub trait Resources: Send + Sync {
     /// The pool of a registered instance (its cap holds for tasks too).
     async fn pool(&self, instance: &str) -> Result<Arc<InstancePool>>;
     fn watermarks(&self) -> Arc<dyn WatermarkStore>;
+    /// An instance's URL with its credentials, for client tools (`backup`, `restore`).
+    async fn instance_url(&self, instance: &str) -> Result<ferry_core::ConnectionUrl> {
+        Err(Error::Unsupported(format!(
+            "this server cannot hand out the URL of {instance}"
+        )))
+    }
     /// Whether an administrator allowed `shell` tasks on this server.
     fn shell_enabled(&self) -> bool {
         false
@@ -129,6 +135,8 @@ pub const KINDS: &[&str] = &[
     "sql",
     "cross_sql",
     "check",
+    "backup",
+    "restore",
     "transfer",
     "export",
     "http",
@@ -142,6 +150,8 @@ pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
         "transfer" => Some(&TransferKind),
         "export" => Some(&ExportKind),
         "cross_sql" => Some(&crate::external::CrossSqlKind),
+        "backup" => Some(&crate::dump::BackupKind),
+        "restore" => Some(&crate::dump::RestoreKind),
         "http" => Some(&crate::external::HttpKind),
         "shell" => Some(&crate::external::ShellKind),
         _ => None,

@@ -3,6 +3,7 @@
 //! instances, leases and logs live in the metadata store, so the workers of any node can take a
 //! run's tasks (`exec`), and the scheduler fires each time once (`sched`).
 
+pub mod dump;
 pub mod exec;
 pub mod external;
 pub mod kinds;

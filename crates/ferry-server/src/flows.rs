@@ -62,6 +62,15 @@ impl ferry_flow::Resources for StateResources {
         state.pool(instance).await
     }
 
+    async fn instance_url(&self, instance: &str) -> Result<ferry_core::ConnectionUrl> {
+        let state = self
+            .0
+            .upgrade()
+            .ok_or_else(|| Error::Cancelled("the server is shutting down".into()))?;
+        let rec = state.instance_record(instance).await?;
+        ferry_core::ConnectionUrl::parse(&state.key.decrypt(&rec.url_secret)?)
+    }
+
     fn shell_enabled(&self) -> bool {
         self.0.upgrade().is_some_and(|s| s.config.enable_shell)
     }

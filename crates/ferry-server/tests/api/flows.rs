@@ -830,6 +830,99 @@ params = { sources = { v = { instance = "pg", sql = "select user_id, d from visi
     assert_eq!(got.len(), 2);
 }
 
+#[tokio::test]
+async fn backups_go_to_files_and_restore_back() {
+    let server = TestServer::start().await;
+    if !pg_and_my(&server).await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    server
+        .sql("pg", "create table kept (id int primary key, v text); insert into kept select g, 'é' || g from generate_series(1, 1000) g")
+        .await;
+    server
+        .sql("my", "create table kept (id int primary key, v text); insert into kept select seq, concat('é', seq) from seq_1_to_1000")
+        .await;
+    for engine in ["pg", "my"] {
+        let file = dir
+            .path()
+            .join(format!("{engine}/${{bizdate}}.sql"))
+            .display()
+            .to_string();
+        apply(
+            &server,
+            &format!(
+                r#"
+name = "backup_{engine}"
+[[nodes]]
+id = "dump"
+kind = "backup"
+params = {{ instance = "{engine}", url = "{file}" }}
+"#
+            ),
+        )
+        .await;
+        let id = start(
+            &server,
+            &format!("backup_{engine}"),
+            json!({ "bizdate": "2026-11-21" }),
+        )
+        .await;
+        let run = finished(&server, &id).await;
+        assert_eq!(run["status"], "success", "{run}");
+        let written = dir.path().join(format!("{engine}/2026-11-21.sql"));
+        let text = std::fs::read_to_string(&written).unwrap();
+        assert!(text.contains("kept"), "{engine}: the dump lacks the table");
+        // The table goes; the restore brings every row back.
+        server.sql(engine, "drop table kept").await;
+        apply(
+            &server,
+            &format!(
+                r#"
+name = "restore_{engine}"
+[[nodes]]
+id = "load"
+kind = "restore"
+params = {{ instance = "{engine}", url = "{}" }}
+"#,
+                written.display()
+            ),
+        )
+        .await;
+        let id = start(&server, &format!("restore_{engine}"), json!({})).await;
+        let run = finished(&server, &id).await;
+        assert_eq!(run["status"], "success", "{run}");
+        let rows = server
+            .rows(engine, "select count(*) as n, max(v) as top from kept")
+            .await;
+        assert_eq!(rows[0]["n"], 1000, "{engine}");
+        assert_eq!(rows[0]["top"], "é999", "{engine}");
+    }
+    // A file that is not a dump fails the restore with the client's own message in the log.
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(&bad, "this is not sql;\n").unwrap();
+    apply(
+        &server,
+        &format!(
+            "name = \"bad_restore\"\n[[nodes]]\nid = \"load\"\nkind = \"restore\"\nparams = {{ instance = \"pg\", url = \"{}\" }}\n",
+            bad.display()
+        ),
+    )
+    .await;
+    let id = start(&server, "bad_restore", json!({})).await;
+    let run = finished(&server, &id).await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        task(&run, "load")["error"]
+            .as_str()
+            .unwrap()
+            .contains("psql exited"),
+        "{run}"
+    );
+    let (_, logs) = server.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(logs.to_string().contains("syntax error"), "{logs}");
+}
+
 fn uuid_tag() -> String {
     format!(
         "{}-{}",

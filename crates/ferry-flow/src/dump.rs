@@ -30,11 +30,7 @@ fn parse(params: &serde_json::Value) -> Result<DumpParams> {
 }
 
 /// The client program, its connection arguments and its environment (the password).
-fn client(
-    url: &ConnectionUrl,
-    database: Option<&str>,
-    dump: bool,
-) -> Result<(String, Vec<String>, BTreeMap<String, String>)> {
+fn client(url: &ConnectionUrl, database: Option<&str>, dump: bool) -> Result<Client> {
     let parsed = url::Url::parse(url.expose())
         .map_err(|_| Error::InvalidInput("the instance URL does not parse".into()))?;
     let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
@@ -157,6 +153,27 @@ fn pump_stderr(
     })
 }
 
+fn check(params: &serde_json::Value) -> Result<Checked> {
+    Ok(Checked {
+        instances: vec![parse(params)?.instance],
+    })
+}
+
+type Client = (String, Vec<String>, BTreeMap<String, String>);
+
+/// The parameters with variables substituted, the client to run, and the file's location.
+async fn prepare(
+    ctx: &TaskContext,
+    params: &serde_json::Value,
+    dump: bool,
+) -> Result<(DumpParams, Client, ferry_move::files::Location)> {
+    let p = parse(&ctx.substitute(params, Engine::Postgres)?)?;
+    let url = ctx.resources.instance_url(&p.instance).await?;
+    let client = client(&url, p.database.as_deref(), dump)?;
+    let location = ferry_move::files::open_location(&p.url, &Default::default())?;
+    Ok((p, client, location))
+}
+
 pub struct BackupKind;
 
 #[async_trait]
@@ -166,17 +183,11 @@ impl TaskKind for BackupKind {
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked> {
-        let p = parse(params)?;
-        Ok(Checked {
-            instances: vec![p.instance],
-        })
+        check(params)
     }
 
     async fn run(&self, ctx: &TaskContext, params: &serde_json::Value) -> Result<TaskResult> {
-        let p = parse(&ctx.substitute(params, Engine::Postgres)?)?;
-        let url = ctx.resources.instance_url(&p.instance).await?;
-        let (program, args, env) = client(&url, p.database.as_deref(), true)?;
-        let location = ferry_move::files::open_location(&p.url, &Default::default())?;
+        let (p, (program, args, env), location) = prepare(ctx, params, true).await?;
         let temp = object_store::path::Path::from(format!(
             "{}.ferry-tmp-{}",
             location.path,
@@ -238,17 +249,11 @@ impl TaskKind for RestoreKind {
     }
 
     fn check(&self, params: &serde_json::Value) -> Result<Checked> {
-        let p = parse(params)?;
-        Ok(Checked {
-            instances: vec![p.instance],
-        })
+        check(params)
     }
 
     async fn run(&self, ctx: &TaskContext, params: &serde_json::Value) -> Result<TaskResult> {
-        let p = parse(&ctx.substitute(params, Engine::Postgres)?)?;
-        let url = ctx.resources.instance_url(&p.instance).await?;
-        let (program, args, env) = client(&url, p.database.as_deref(), false)?;
-        let location = ferry_move::files::open_location(&p.url, &Default::default())?;
+        let (p, (program, args, env), location) = prepare(ctx, params, false).await?;
         let object = location
             .store
             .get(&location.path)

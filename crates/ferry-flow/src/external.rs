@@ -1,6 +1,7 @@
 //! Task kinds beyond one database: `cross_sql` (DataFusion over tables of several instances,
-//! the result written into a table), `http` (a webhook call) and `shell` (a command on the
-//! server, disabled unless an administrator starts the server with `--enable-shell`).
+//! the result written into a table), `http` (a webhook call), `spark` (`spark-submit`) and
+//! `shell` (a command on the server, disabled unless an administrator starts the server with
+//! `--enable-shell`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -137,7 +138,6 @@ impl TaskKind for ShellKind {
     }
 
     async fn run(&self, ctx: &TaskContext, params: &serde_json::Value) -> Result<TaskResult> {
-        use tokio::io::{AsyncBufReadExt, BufReader};
         if !ctx.resources.shell_enabled() {
             return Err(Error::PermissionDenied(
                 "shell tasks are disabled on this server; an administrator enables them with `ferry serve --enable-shell`".into(),
@@ -145,51 +145,128 @@ impl TaskKind for ShellKind {
         }
         let p: ShellParams = parse(&ctx.substitute(params, Engine::Postgres)?)?;
         let mut command = tokio::process::Command::new("sh");
-        command
-            .arg("-c")
-            .arg(&p.command)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+        command.arg("-c").arg(&p.command);
         if let Some(dir) = &p.workdir {
             command.current_dir(dir);
         }
         for (name, v) in &ctx.values {
             command.env(format!("FERRY_{}", name.to_ascii_uppercase()), &v.value);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| Error::Engine(format!("cannot start sh: {e}")))?;
-        let out = child.stdout.take().map(|s| BufReader::new(s).lines());
-        let err = child.stderr.take().map(|s| BufReader::new(s).lines());
-        let log = ctx.log.clone();
-        let pump = async move {
-            let (mut out, mut err) = (out, err);
-            loop {
-                let line = tokio::select! {
-                    l = async { match out.as_mut() { Some(o) => o.next_line().await, None => Ok(None) } }, if out.is_some() => match l {
-                        Ok(Some(l)) => l,
-                        _ => { out = None; continue; }
-                    },
-                    l = async { match err.as_mut() { Some(e) => e.next_line().await, None => Ok(None) } }, if err.is_some() => match l {
-                        Ok(Some(l)) => format!("stderr: {l}"),
-                        _ => { err = None; continue; }
-                    },
-                    else => break,
-                };
-                log(line);
-            }
-        };
-        let status = tokio::select! {
-            (_, status) = async { tokio::join!(pump, child.wait()) } => status.map_err(|e| Error::Engine(e.to_string()))?,
-            _ = ctx.cancel.cancelled() => {
-                // kill_on_drop stops the process when the child is dropped here.
-                return Err(Error::Cancelled("the command was stopped".into()));
-            }
-        };
+        let status = run_logged(ctx, command, "sh").await?;
         if !status.success() {
             return Err(Error::Engine(format!("the command exited with {status}")));
+        }
+        Ok(TaskResult::default())
+    }
+}
+
+/// Runs a command to its end with its output lines in the node's log; cancelling the node
+/// kills the process.
+async fn run_logged(
+    ctx: &TaskContext,
+    mut command: tokio::process::Command,
+    program: &str,
+) -> Result<std::process::ExitStatus> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| Error::Engine(format!("cannot start {program}: {e}")))?;
+    let out = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let err = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let log = ctx.log.clone();
+    let pump = async move {
+        let (mut out, mut err) = (out, err);
+        loop {
+            let line = tokio::select! {
+                l = async { match out.as_mut() { Some(o) => o.next_line().await, None => Ok(None) } }, if out.is_some() => match l {
+                    Ok(Some(l)) => l,
+                    _ => { out = None; continue; }
+                },
+                l = async { match err.as_mut() { Some(e) => e.next_line().await, None => Ok(None) } }, if err.is_some() => match l {
+                    Ok(Some(l)) => format!("stderr: {l}"),
+                    _ => { err = None; continue; }
+                },
+                else => break,
+            };
+            log(line);
+        }
+    };
+    tokio::select! {
+        (_, status) = async { tokio::join!(pump, child.wait()) } => status.map_err(|e| Error::Engine(e.to_string())),
+        // kill_on_drop stops the process when the child is dropped here.
+        _ = ctx.cancel.cancelled() => Err(Error::Cancelled(format!("{program} was stopped"))),
+    }
+}
+
+/// Parameters of `spark`: `spark-submit` with a master, an application and its arguments.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SparkParams {
+    /// A `.py` file or a jar on the server.
+    application: String,
+    #[serde(default = "local_master")]
+    master: String,
+    /// The main class of a jar.
+    #[serde(default)]
+    class: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    conf: BTreeMap<String, String>,
+    /// The `spark-submit` to run; the one on the server's PATH by default.
+    #[serde(default = "spark_submit")]
+    spark_submit: String,
+}
+
+fn local_master() -> String {
+    "local[2]".into()
+}
+
+fn spark_submit() -> String {
+    "spark-submit".into()
+}
+
+pub struct SparkKind;
+
+#[async_trait]
+impl TaskKind for SparkKind {
+    fn name(&self) -> &'static str {
+        "spark"
+    }
+
+    fn check(&self, params: &serde_json::Value) -> Result<Checked> {
+        let p: SparkParams = parse(params)?;
+        if p.application.trim().is_empty() {
+            return Err(Error::InvalidInput("application is empty".into()));
+        }
+        Ok(Checked::default())
+    }
+
+    async fn run(&self, ctx: &TaskContext, params: &serde_json::Value) -> Result<TaskResult> {
+        let p: SparkParams = parse(&ctx.substitute(params, Engine::Postgres)?)?;
+        let mut command = tokio::process::Command::new(&p.spark_submit);
+        command.arg("--master").arg(&p.master);
+        if let Some(class) = &p.class {
+            command.arg("--class").arg(class);
+        }
+        for (k, v) in &p.conf {
+            command.arg("--conf").arg(format!("{k}={v}"));
+        }
+        command.arg(&p.application).args(&p.args);
+        (ctx.log)(format!(
+            "spark-submit --master {} {}",
+            p.master, p.application
+        ));
+        let status = run_logged(ctx, command, &p.spark_submit).await?;
+        if !status.success() {
+            return Err(Error::Engine(format!(
+                "spark-submit exited with {status}; the driver's output is in this node's log"
+            )));
         }
         Ok(TaskResult::default())
     }

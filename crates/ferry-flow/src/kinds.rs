@@ -137,6 +137,7 @@ pub const KINDS: &[&str] = &[
     "check",
     "backup",
     "restore",
+    "spark",
     "transfer",
     "export",
     "http",
@@ -153,6 +154,7 @@ pub fn kind(name: &str) -> Option<&'static dyn TaskKind> {
         "backup" => Some(&crate::dump::BackupKind),
         "restore" => Some(&crate::dump::RestoreKind),
         "http" => Some(&crate::external::HttpKind),
+        "spark" => Some(&crate::external::SparkKind),
         "shell" => Some(&crate::external::ShellKind),
         _ => None,
     }

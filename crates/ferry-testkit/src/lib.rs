@@ -116,6 +116,24 @@ pub fn smtp() -> Option<std::path::PathBuf> {
     })
 }
 
+/// `spark-submit` (from `pip install pyspark`), if on the PATH; in CI its absence fails the test.
+pub fn spark() -> Option<String> {
+    let found = std::process::Command::new("spark-submit")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("spark-submit".into());
+    }
+    if in_ci() {
+        panic!("spark-submit is not on the PATH; scripts/test installs pyspark");
+    }
+    eprintln!("skipping: spark-submit is not on the PATH; run scripts/test or pip install pyspark");
+    None
+}
+
 /// Creates an empty bucket on the test S3 endpoint and returns its name.
 pub async fn fresh_bucket(endpoint: &str) -> String {
     let name = fresh_name().replace('_', "-");

@@ -923,6 +923,51 @@ params = {{ instance = "{engine}", url = "{}" }}
     assert!(logs.to_string().contains("syntax error"), "{logs}");
 }
 
+#[tokio::test]
+async fn spark_applications_run_in_local_mode() {
+    let Some(_) = ferry_testkit::spark() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("count.py");
+    std::fs::write(
+        &app,
+        "import sys\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\nn = spark.range(1000).filter('id % 2 = 0').count()\nprint('counted', n)\nopen(sys.argv[1], 'w').write(sys.argv[2] + ' ' + str(n))\nspark.stop()\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.txt");
+    apply(
+        &server,
+        &format!(
+            r#"
+name = "spark_job"
+[[nodes]]
+id = "count"
+kind = "spark"
+timeout_secs = 300
+params = {{ application = "{}", master = "local[2]", args = ["{}", "${{bizdate}}"], conf = {{ "spark.ui.enabled" = "false" }} }}
+"#,
+            app.display(),
+            out.display()
+        ),
+    )
+    .await;
+    let id = start(&server, "spark_job", json!({ "bizdate": "2026-11-21" })).await;
+    let run = wait_for("the Spark run", 300, || async {
+        let (_, v) = server.get(&format!("/api/v1/runs/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "2026-11-21 500");
+    let (_, logs) = server.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(
+        logs.to_string().contains("counted 500"),
+        "the driver's output is logged"
+    );
+}
+
 fn uuid_tag() -> String {
     format!(
         "{}-{}",

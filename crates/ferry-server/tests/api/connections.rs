@@ -283,15 +283,21 @@ async fn idle_transactions_are_rolled_back_and_windows_closed() {
         StatusCode::OK,
         "a window outside a transaction was closed"
     );
-    let (_, actions) = server.get("/api/v1/policy-actions?instance=pg").await;
-    assert!(
-        actions
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["action"] == "rollback_idle_transaction"),
-        "{actions}"
-    );
+    // The action is recorded in the store right after the window closes.
+    wait_for(
+        "the rollback to be listed among the policy actions",
+        20,
+        || async {
+            let (_, actions) = server.get("/api/v1/policy-actions?instance=pg").await;
+            actions
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "rollback_idle_transaction")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -340,15 +346,20 @@ async fn console_gives_way_to_waiting_async_queries() {
     })
     .await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let (_, actions) = server.get("/api/v1/policy-actions?instance=pg").await;
-    assert!(
-        actions
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["action"] == "preempt" && a["feature"] == "console"),
-        "{actions}"
-    );
+    wait_for(
+        "the preemption to be listed among the policy actions",
+        20,
+        || async {
+            let (_, actions) = server.get("/api/v1/policy-actions?instance=pg").await;
+            actions
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "preempt" && a["feature"] == "console")
+                .then_some(())
+        },
+    )
+    .await;
     let (status, v) = server
         .post(
             &format!("/api/v1/sessions/{window}/sql"),

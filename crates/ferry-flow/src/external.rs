@@ -293,8 +293,12 @@ struct CrossSqlParams {
     sources: BTreeMap<String, CrossSource>,
     /// DataFusion SQL over the aliases.
     sql: String,
-    /// The table the result goes into.
-    target: ferry_move::Endpoint,
+    /// The table the result goes into …
+    #[serde(default)]
+    target: Option<ferry_move::Endpoint>,
+    /// … or the file (a path or object-storage URL) it is written to.
+    #[serde(default)]
+    output: Option<FileOutput>,
     /// `replace` (the default) empties the target first; `append` adds.
     #[serde(default = "replace")]
     mode: String,
@@ -303,8 +307,75 @@ struct CrossSqlParams {
     create: bool,
 }
 
+/// A file `cross_sql` writes: `url` ending in the format's extension names the file, anything
+/// else a directory that gets `part-00000.<ext>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOutput {
+    url: String,
+    #[serde(default)]
+    format: ferry_move::FileFormat,
+}
+
 fn replace() -> String {
     "replace".into()
+}
+
+struct CrossTarget {
+    target: ferry_move::Endpoint,
+    mode: String,
+    create: bool,
+}
+
+/// Writes a result stream into one file, under a temporary name until it is complete.
+async fn write_file(
+    ctx: &TaskContext,
+    file: &FileOutput,
+    schema: arrow::datatypes::SchemaRef,
+    mut stream: ferry_connect::BatchStream<'static>,
+) -> Result<TaskResult> {
+    let location = ferry_move::files::open_location(&file.url, &Default::default())?;
+    let ext = file.format.extension();
+    let path = if file.url.ends_with(&format!(".{ext}")) {
+        location.path.clone()
+    } else {
+        location
+            .path
+            .clone()
+            .join(format!("part-00000.{ext}").as_str())
+    };
+    let mut sink = ferry_move::files::FileSink::create(&location, path, file.format, &schema)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = match batch.and_then(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| Error::Internal(e.to_string()))
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
+            }
+        };
+        rows += batch.num_rows() as u64;
+        if let Err(e) = sink.write(&batch).await {
+            sink.abort().await;
+            return Err(e);
+        }
+    }
+    let written = sink.finish().await?;
+    (ctx.log)(format!("wrote {rows} rows to {written}"));
+    Ok(TaskResult {
+        rows,
+        outputs: BTreeMap::new(),
+    })
 }
 
 pub struct CrossSqlKind;
@@ -336,7 +407,15 @@ impl TaskKind for CrossSqlKind {
             )));
         }
         let mut instances: Vec<String> = p.sources.values().map(|s| s.instance.clone()).collect();
-        instances.push(p.target.instance.clone());
+        match (&p.target, &p.output) {
+            (Some(t), None) => instances.push(t.instance.clone()),
+            (None, Some(_)) => {}
+            _ => {
+                return Err(Error::InvalidInput(
+                    "give exactly one of target (a table) or output (a file)".into(),
+                ));
+            }
+        }
         Ok(Checked { instances })
     }
 
@@ -386,6 +465,16 @@ impl TaskKind for CrossSqlKind {
                 .map(|f| arrow::datatypes::Field::new(f.name(), plain(f.data_type()), true))
                 .collect::<Vec<_>>(),
         ));
+        let target = match (p.target, p.output) {
+            (Some(t), None) => t,
+            (None, Some(file)) => return write_file(ctx, &file, target_schema, stream).await,
+            _ => unreachable!("checked"),
+        };
+        let p = CrossTarget {
+            target,
+            mode: p.mode,
+            create: p.create,
+        };
         let pool = ctx.resources.pool(&p.target.instance).await?;
         let engine = pool.connector().engine();
         let mut lease = pool
@@ -427,7 +516,7 @@ impl TaskKind for CrossSqlKind {
         };
         let cast_schema = target_schema.clone();
         let batches = stream.map(move |b| {
-            let b = b.map_err(|e| Error::Engine(e.to_string()))?;
+            let b = b?;
             let columns = b
                 .columns()
                 .iter()

@@ -112,7 +112,7 @@ async fn source_schema(source: &Source) -> Result<SchemaRef> {
 pub async fn query(
     sources: Vec<Source>,
     sql: &str,
-) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+) -> Result<(SchemaRef, ferry_connect::BatchStream<'static>)> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     for s in &sources {
         let schema = source_schema(s)
@@ -131,5 +131,5 @@ pub async fn query(
     let frame = ctx.sql(sql).await.map_err(df_error)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let stream = frame.execute_stream().await.map_err(df_error)?;
-    Ok((schema, stream))
+    Ok((schema, Box::pin(stream.map(|r| r.map_err(df_error)))))
 }

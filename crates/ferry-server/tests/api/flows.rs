@@ -843,12 +843,28 @@ async fn backups_go_to_files_and_restore_back() {
     server
         .sql("my", "create table kept (id int primary key, v text); insert into kept select seq, concat('é', seq) from seq_1_to_1000")
         .await;
+    // PostgreSQL's dump goes to the S3 server, MariaDB's to a local file.
+    let bucket = match ferry_testkit::s3() {
+        Some(endpoint) => Some(ferry_testkit::fresh_bucket(&endpoint).await),
+        None => None,
+    };
     for engine in ["pg", "my"] {
-        let file = dir
-            .path()
-            .join(format!("{engine}/${{bizdate}}.sql"))
-            .display()
-            .to_string();
+        let (file, written) = match (&bucket, engine) {
+            (Some(b), "pg") => (
+                format!("s3://{b}/pg/${{bizdate}}.sql"),
+                format!("s3://{b}/pg/2026-11-21.sql"),
+            ),
+            _ => (
+                dir.path()
+                    .join(format!("{engine}/${{bizdate}}.sql"))
+                    .display()
+                    .to_string(),
+                dir.path()
+                    .join(format!("{engine}/2026-11-21.sql"))
+                    .display()
+                    .to_string(),
+            ),
+        };
         apply(
             &server,
             &format!(
@@ -870,9 +886,13 @@ params = {{ instance = "{engine}", url = "{file}" }}
         .await;
         let run = finished(&server, &id).await;
         assert_eq!(run["status"], "success", "{run}");
-        let written = dir.path().join(format!("{engine}/2026-11-21.sql"));
-        let text = std::fs::read_to_string(&written).unwrap();
-        assert!(text.contains("kept"), "{engine}: the dump lacks the table");
+        assert_eq!(
+            task(&run, "dump")["outputs"]["backup_bytes"]
+                .as_str()
+                .map(|b| b.parse::<u64>().unwrap() > 1000),
+            Some(true),
+            "{run}"
+        );
         // The table goes; the restore brings every row back.
         server.sql(engine, "drop table kept").await;
         apply(
@@ -883,9 +903,8 @@ name = "restore_{engine}"
 [[nodes]]
 id = "load"
 kind = "restore"
-params = {{ instance = "{engine}", url = "{}" }}
-"#,
-                written.display()
+params = {{ instance = "{engine}", url = "{written}" }}
+"#
             ),
         )
         .await;

@@ -170,6 +170,41 @@ async fn archive_template_backfills_seven_verified_partitions() {
         )
         .await;
     assert_eq!(archived[0]["n"], 500);
+    // Cross-database SQL over the archive and the source, written to a CSV file.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("compare.csv");
+    let (status, v) = server
+        .post(
+            "/api/v1/flows",
+            json!({ "spec": {
+                "name": "compare",
+                "nodes": [{
+                    "id": "compare",
+                    "kind": "cross_sql",
+                    "params": {
+                        "sources": {
+                            "a": { "instance": "archive", "sql": "select d, count(*) as archived from arch_orders group by d" },
+                            "o": { "instance": "pg", "sql": "select to_char(created_date, 'DD') as d, count(*) as in_source from orders group by 1" }
+                        },
+                        "sql": "select a.d, a.archived, o.in_source from a left join o on o.d = a.d order by a.d",
+                        "output": { "url": csv.display().to_string(), "format": "csv" }
+                    }
+                }]
+            } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let done = run_for(&server, "compare", &day(0)).await;
+    assert_eq!(done["status"], "success", "{done}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    assert_eq!(lines[0], "d,archived,in_source");
+    // The day deleted from the source after archiving: archived, no longer in the source.
+    assert!(
+        lines.contains(&format!("{},500,", &day(1)[8..]).as_str()),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -321,6 +321,22 @@ fn replace() -> String {
     "replace".into()
 }
 
+/// A result batch with its columns cast to `schema`'s plain types.
+fn cast_batch(
+    schema: &arrow::datatypes::SchemaRef,
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<arrow::record_batch::RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
 struct CrossTarget {
     target: ferry_move::Endpoint,
     mode: String,
@@ -347,17 +363,7 @@ async fn write_file(
     let mut sink = ferry_move::files::FileSink::create(&location, path, file.format, &schema)?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = match batch.and_then(|b| {
-            let columns = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
-                .map_err(|e| Error::Internal(e.to_string()))
-        }) {
+        let batch = match batch.and_then(|b| cast_batch(&schema, &b)) {
             Ok(b) => b,
             Err(e) => {
                 sink.abort().await;
@@ -515,18 +521,7 @@ impl TaskKind for CrossSqlKind {
             upsert_keys: None,
         };
         let cast_schema = target_schema.clone();
-        let batches = stream.map(move |b| {
-            let b = b?;
-            let columns = b
-                .columns()
-                .iter()
-                .zip(cast_schema.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            arrow::record_batch::RecordBatch::try_new(cast_schema.clone(), columns)
-                .map_err(|e| Error::Internal(e.to_string()))
-        });
+        let batches = stream.map(move |b| cast_batch(&cast_schema, &b?));
         lease.conn().run(crate::kinds::begin_sql(engine)).await?;
         let written = async {
             if p.mode == "replace" {

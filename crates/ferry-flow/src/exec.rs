@@ -337,6 +337,39 @@ async fn advance(
     finish_run_if_done(store, &run.id).await
 }
 
+/// Repairs what a worker's bookkeeping may have left half done (a store error between ending a
+/// task and queueing its downstream nodes, or before starting runs that wait their turn):
+/// queues ready nodes, marks those that can no longer run, ends finished runs and starts waiting
+/// ones. Every step is conditional, so any node may run it at any time.
+pub async fn reconcile(store: &dyn MetaStore) -> Result<()> {
+    for run in store.list_runs(None, Some("running"), 10_000).await? {
+        let spec = run_spec(store, &run).await?;
+        let failed: Vec<String> = store
+            .list_tasks(&run.id)
+            .await?
+            .into_iter()
+            .filter(|t| t.status == "failed")
+            .map(|t| t.node)
+            .collect();
+        if failed.is_empty() {
+            advance(store, &run, &spec, None).await?;
+        }
+        for node in &failed {
+            advance(store, &run, &spec, Some(node)).await?;
+        }
+    }
+    let waiting: std::collections::BTreeSet<String> = store
+        .list_runs(None, Some("queued"), 10_000)
+        .await?
+        .into_iter()
+        .map(|r| r.flow)
+        .collect();
+    for flow in waiting {
+        activate_waiting_runs(store, &flow).await?;
+    }
+    Ok(())
+}
+
 /// Ends a run whose tasks are all final: success when every task succeeded.
 pub async fn finish_run_if_done(store: &dyn MetaStore, run_id: &str) -> Result<()> {
     let tasks = store.list_tasks(run_id).await?;
@@ -443,7 +476,14 @@ impl Executor {
 
     /// Takes and runs tasks until `shutdown`; running tasks are cancelled then.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut pass = 0u64;
         loop {
+            pass += 1;
+            if pass.is_multiple_of(10)
+                && let Err(e) = reconcile(self.store.as_ref()).await
+            {
+                tracing::warn!(error = %e, "reconciling runs failed");
+            }
             if let Err(e) = self.store.requeue_expired(now_ms()).await {
                 tracing::warn!(error = %e, "could not requeue expired tasks");
             }

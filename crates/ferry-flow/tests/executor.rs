@@ -233,3 +233,75 @@ async fn missed_fires_follow_the_catchup_policy_and_never_repeat() {
     replayed.dedup();
     assert_eq!(replayed.len(), n, "a fire time ran twice");
 }
+
+#[tokio::test]
+async fn half_done_bookkeeping_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = setup(&dir).await;
+    apply(
+        store.as_ref(),
+        "name = \"two\"\n[[nodes]]\nid = \"a\"\nkind = \"sql\"\nparams = { instance = \"lite\", sql = \"select 1\" }\n[[nodes]]\nid = \"b\"\nkind = \"sql\"\nupstream = [\"a\"]\nparams = { instance = \"lite\", sql = \"select 2\" }\n",
+    )
+    .await;
+    let run = exec::start_run(
+        store.as_ref(),
+        RunRequest {
+            flow: "two".into(),
+            trigger: "manual".into(),
+            at: chrono::Utc::now().with_timezone(&chrono_tz::UTC),
+            overrides: Default::default(),
+            fire_key: None,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A worker ended `a` and then lost the store before queueing `b`.
+    let now = now_ms();
+    let mut a = store
+        .claim_task("w", now, now + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    a.status = "success".into();
+    a.finished_at_ms = Some(now_ms());
+    assert!(store.finish_task(&a, "w").await.unwrap());
+    let status = |store: Arc<dyn MetaStore>, id: String| async move {
+        store
+            .list_tasks(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.node, t.status))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        status(store.clone(), run.id.clone()).await,
+        [
+            ("a".to_string(), "success".to_string()),
+            ("b".to_string(), "waiting".to_string())
+        ]
+    );
+    exec::reconcile(store.as_ref()).await.unwrap();
+    assert_eq!(
+        status(store.clone(), run.id.clone()).await[1],
+        ("b".to_string(), "queued".to_string())
+    );
+    // The same after `b`: the run is ended by the next pass.
+    let mut b = store
+        .claim_task("w", now_ms(), now_ms() + 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    b.status = "success".into();
+    assert!(store.finish_task(&b, "w").await.unwrap());
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap().unwrap().status,
+        "running"
+    );
+    exec::reconcile(store.as_ref()).await.unwrap();
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap().unwrap().status,
+        "success"
+    );
+}

@@ -254,15 +254,21 @@ impl Connection for SqliteDb {
                         ValueKind::Binary => row.try_get_unchecked(i).ok().flatten(),
                         // SQLite's own text of a REAL keeps only 15 digits; format the double
                         // itself so every value, up to ±f64::MAX, comes back exactly.
-                        ValueKind::Float if value_type(&row, i) == "REAL" => row
-                            .try_get_unchecked::<Option<f64>, _>(i)
-                            .ok()
-                            .flatten()
-                            .map(|v| {
-                                float_text.clear();
-                                let _ = write!(float_text, "{v:?}");
-                                float_text.as_bytes()
-                            }),
+                        // (Checked per value without allocating: this runs for every row.)
+                        ValueKind::Float
+                            if row
+                                .try_get_raw(i)
+                                .is_ok_and(|v| v.type_info().name() == "REAL") =>
+                        {
+                            row.try_get_unchecked::<Option<f64>, _>(i)
+                                .ok()
+                                .flatten()
+                                .map(|v| {
+                                    float_text.clear();
+                                    let _ = write!(float_text, "{v:?}");
+                                    float_text.as_bytes()
+                                })
+                        }
                         _ => row
                             .try_get_unchecked::<Option<&str>, _>(i)
                             .ok()

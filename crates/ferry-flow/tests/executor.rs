@@ -65,6 +65,23 @@ async fn setup(dir: &tempfile::TempDir) -> (Arc<dyn MetaStore>, Arc<Local>) {
     (store, local)
 }
 
+/// Starts a manual run of `flow` now.
+async fn start_now(store: &dyn MetaStore, flow: &str) -> ferry_meta::FlowRunRecord {
+    exec::start_run(
+        store,
+        RunRequest {
+            flow: flow.into(),
+            trigger: "manual".into(),
+            at: chrono::Utc::now().with_timezone(&chrono_tz::UTC),
+            overrides: Default::default(),
+            fire_key: None,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 async fn apply(store: &dyn MetaStore, toml: &str) -> FlowSpec {
     let spec = FlowSpec::from_toml(toml).unwrap();
     spec.validate(&|i| i == "lite").unwrap();
@@ -90,19 +107,7 @@ params = { instance = "lite", sql = "create table if not exists marks (run text)
 "#,
     )
     .await;
-    let run = exec::start_run(
-        store.as_ref(),
-        RunRequest {
-            flow: "once".into(),
-            trigger: "manual".into(),
-            at: chrono::Utc::now().with_timezone(&chrono_tz::UTC),
-            overrides: Default::default(),
-            fire_key: None,
-        },
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let run = start_now(store.as_ref(), "once").await;
     // A worker takes the task and dies without a word: its lease runs out in 300 ms.
     let now = now_ms();
     let taken = store
@@ -243,19 +248,7 @@ async fn half_done_bookkeeping_is_repaired() {
         "name = \"two\"\n[[nodes]]\nid = \"a\"\nkind = \"sql\"\nparams = { instance = \"lite\", sql = \"select 1\" }\n[[nodes]]\nid = \"b\"\nkind = \"sql\"\nupstream = [\"a\"]\nparams = { instance = \"lite\", sql = \"select 2\" }\n",
     )
     .await;
-    let run = exec::start_run(
-        store.as_ref(),
-        RunRequest {
-            flow: "two".into(),
-            trigger: "manual".into(),
-            at: chrono::Utc::now().with_timezone(&chrono_tz::UTC),
-            overrides: Default::default(),
-            fire_key: None,
-        },
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let run = start_now(store.as_ref(), "two").await;
     // A worker ended `a` and then lost the store before queueing `b`.
     let now = now_ms();
     let mut a = store

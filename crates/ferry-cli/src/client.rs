@@ -25,17 +25,31 @@ pub fn seg(s: &str) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client for `base`, sending `token` (from `ferry login` or `FERRY_TOKEN`) as a bearer.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            bail!("--server must be an http:// URL, got {base:?}");
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--server must be an http:// or https:// URL, got {base:?}");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the stored token is not valid: sign in again with `ferry login`")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
         }
         Ok(Client {
             base,
             http: reqwest::Client::builder()
+                .default_headers(headers)
                 .build()
                 .context("building the HTTP client")?,
         })
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.json(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
@@ -55,6 +69,9 @@ impl Client {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or(text);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("{message} (HTTP 401); sign in with `ferry login --user NAME` or set FERRY_TOKEN")
+        }
         bail!("{message} (HTTP {})", status.as_u16())
     }
 

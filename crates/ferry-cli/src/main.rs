@@ -4,6 +4,7 @@
 mod client;
 mod flows;
 mod render;
+mod security;
 
 use std::io::{IsTerminal, Read};
 use std::net::SocketAddr;
@@ -82,6 +83,35 @@ enum Command {
     Run(flows::RunCmd),
     /// Table row counts and sizes over time, sampled by the server.
     Trend(flows::TrendArgs),
+    /// Sign in to the server; the token is kept for later commands.
+    Login(security::LoginArgs),
+    /// Sign out: revoke the kept token and forget it.
+    Logout,
+    /// Who you are signed in as, with your roles and grants.
+    Whoami,
+    /// Users, their roles and grants (administrators).
+    #[command(subcommand)]
+    User(security::UserCmd),
+    /// Built-in and custom roles.
+    #[command(subcommand)]
+    Role(security::RoleCmd),
+    /// Your personal API tokens.
+    #[command(subcommand)]
+    Token(security::TokenCmd),
+    /// Search or export the audit log.
+    Audit(security::AuditArgs),
+    /// SQL rules per environment or instance.
+    #[command(subcommand)]
+    Rule(security::RuleCmd),
+    /// Masking of sensitive columns.
+    #[command(subcommand)]
+    Mask(security::MaskCmd),
+    /// Approvals of statements a rule holds (DDL on prod).
+    #[command(subcommand)]
+    Approval(security::ApprovalCmd),
+    /// Server administration: key rotation.
+    #[command(subcommand)]
+    Admin(security::AdminCmd),
 }
 
 #[derive(Subcommand)]
@@ -440,7 +470,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.server)?;
+    let server = cli.server.trim_end_matches('/').to_string();
+    let client = Client::new(&server, security::token_for(&server).as_deref())?;
     let out = cli.output;
     match cli.command {
         Command::Serve(args) => serve(args).await,
@@ -457,6 +488,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flow(cmd) => flows::flow(&client, out, cmd).await,
         Command::Run(cmd) => flows::run(&client, out, cmd).await,
         Command::Trend(args) => flows::trend(&client, out, args).await,
+        Command::Login(args) => {
+            let anonymous = Client::new(&server, None)?;
+            security::login(&anonymous, &server, args).await
+        }
+        Command::Logout => security::logout(&client, &server).await,
+        Command::Whoami => {
+            render::object(out, &client.get("/api/v1/auth/whoami").await?);
+            Ok(())
+        }
+        Command::User(cmd) => security::user(&client, out, cmd).await,
+        Command::Role(cmd) => security::role(&client, out, cmd).await,
+        Command::Token(cmd) => security::token(&client, out, cmd).await,
+        Command::Audit(args) => security::audit(&client, out, args).await,
+        Command::Rule(cmd) => security::rule(&client, out, cmd).await,
+        Command::Mask(cmd) => security::mask(&client, out, cmd).await,
+        Command::Approval(cmd) => security::approval(&client, out, cmd).await,
+        Command::Admin(cmd) => security::admin(&client, out, cmd).await,
     }
 }
 

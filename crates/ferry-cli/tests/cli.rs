@@ -5,6 +5,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const ADMIN_PASSWORD: &str = "cli-test-admin-password";
 
 struct Served {
     child: Child,
@@ -34,6 +35,7 @@ impl Served {
 
     fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
         Command::new(FERRY)
+            .env("FERRY_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .args([
                 "serve",
                 "--demo",
@@ -48,12 +50,36 @@ impl Served {
             .unwrap()
     }
 
+    /// Waits until the server answers, signed in as the first administrator (`ferry login`).
     fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.ferry(&["instance", "list"]).status.success() {
-            assert!(Instant::now() < deadline, "ferry serve did not come up");
+        loop {
+            let login = self
+                .command(&["login", "--user", "admin", "--password-stdin"])
+                .env("FERRY_PASSWORD", ADMIN_PASSWORD)
+                .output()
+                .unwrap();
+            if login.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve did not come up: {}",
+                stderr(&login)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `ferry ARGS` against this server, with this test's credentials file.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FERRY);
+        c.args(args)
+            .env("FERRY_SERVER", &self.server)
+            .env("FERRY_CONFIG_DIR", self.dir.path().join("config"))
+            .env_remove("FERRY_TOKEN")
+            .env_remove("FERRY_PASSWORD");
+        c
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and data.
@@ -65,11 +91,7 @@ impl Served {
     }
 
     fn ferry(&self, args: &[&str]) -> Output {
-        Command::new(FERRY)
-            .args(args)
-            .env("FERRY_SERVER", &self.server)
-            .output()
-            .unwrap()
+        self.command(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -114,9 +136,8 @@ fn the_demo_answers_from_the_cli() {
     let schema = s.ok(&["schema", "demo", "orders"]);
     assert!(schema.contains("primary key: order_id"), "{schema}");
     assert!(s.ok(&["schema", "demo"]).contains("customers"));
-    let mut child = Command::new(FERRY)
-        .args(["sql", "demo"])
-        .env("FERRY_SERVER", &s.server)
+    let mut child = s
+        .command(&["sql", "demo"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -778,4 +799,92 @@ params = {{ instance = "demo", sql = "select count(*) as n from orders where cre
         "{}",
         stderr(&failed)
     );
+}
+
+#[test]
+fn users_sign_in_are_refused_by_grant_and_audited_from_the_cli() {
+    let s = Served::start();
+    let add = s
+        .command(&[
+            "user",
+            "add",
+            "dora",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut add = add;
+    std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"dora-long-password\n").unwrap();
+    let out = add.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Dora signs in with her own credentials file.
+    let dora_dir = s.dir.path().join("dora");
+    let as_dora = |args: &[&str]| {
+        let mut c = s.command(args);
+        c.env("FERRY_CONFIG_DIR", &dora_dir);
+        c
+    };
+    let login = as_dora(&["login", "--user", "dora"])
+        .env("FERRY_PASSWORD", "dora-long-password")
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", stderr(&login));
+    let creds = std::fs::read_to_string(dora_dir.join("credentials.json")).unwrap();
+    assert!(creds.contains("fyt_"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dora_dir.join("credentials.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let who = as_dora(&["whoami", "-o", "json"]).output().unwrap();
+    let who: serde_json::Value = serde_json::from_slice(&who.stdout).unwrap();
+    assert_eq!(who["user"], "dora");
+    let read = as_dora(&["sql", "demo", "select count(*) as n from products"])
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", stderr(&read));
+    let write = as_dora(&["sql", "demo", "delete from products"])
+        .output()
+        .unwrap();
+    assert_eq!(write.status.code(), Some(1));
+    assert!(
+        stderr(&write).contains("lacks the write permission"),
+        "{}",
+        stderr(&write)
+    );
+    assert!(
+        s.ok(&["sql", "demo", "select count(*) as n from products"])
+            .contains("50")
+    );
+    // Dora may not read the audit log; the administrator sees her refusal in it.
+    let audit = as_dora(&["audit"]).output().unwrap();
+    assert_eq!(audit.status.code(), Some(1));
+    let log = s.ok(&[
+        "audit",
+        "--user",
+        "dora",
+        "--outcome",
+        "denied",
+        "-o",
+        "json",
+    ]);
+    assert!(log.contains("delete from products"), "{log}");
+    let csv = s.ok(&["audit", "--user", "dora", "--export", "csv"]);
+    assert!(csv.starts_with("at,user,") && csv.contains("dora"), "{csv}");
+    assert!(!csv.contains("dora-long-password"));
+    // Logging out revokes the token: the next call is told to sign in.
+    let out = as_dora(&["logout"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = as_dora(&["instance", "list"]).output().unwrap();
+    assert_eq!(after.status.code(), Some(1));
+    assert!(stderr(&after).contains("ferry login"), "{}", stderr(&after));
 }

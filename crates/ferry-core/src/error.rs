@@ -13,6 +13,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller did not say who they are, or their credentials are wrong or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The engine or connector cannot do this.
     #[error("{0}")]
     Unsupported(String),
@@ -22,6 +25,9 @@ pub enum Error {
     /// The database reported an error for a statement (syntax, constraint, missing table…).
     #[error("{0}")]
     Engine(String),
+    /// The request is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// A limit was reached (connection cap, queue); retrying later may succeed.
     #[error("{0}")]
     Busy(String),
@@ -49,9 +55,11 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::InvalidInput(_) => "invalid_input",
             Error::PermissionDenied(_) => "permission_denied",
+            Error::Unauthenticated(_) => "unauthenticated",
             Error::Unsupported(_) => "unsupported",
             Error::Connection(_) => "connection",
             Error::Engine(_) => "engine",
+            Error::TooLarge(_) => "too_large",
             Error::Busy(_) => "busy",
             Error::Timeout(_) => "timeout",
             Error::Cancelled(_) => "cancelled",
@@ -66,9 +74,11 @@ impl Error {
             Error::NotFound(m)
             | Error::InvalidInput(m)
             | Error::PermissionDenied(m)
+            | Error::Unauthenticated(m)
             | Error::Unsupported(m)
             | Error::Connection(m)
             | Error::Engine(m)
+            | Error::TooLarge(m)
             | Error::Busy(m)
             | Error::Timeout(m)
             | Error::Cancelled(m)
@@ -84,9 +94,11 @@ impl Error {
             Error::NotFound(m) => Error::NotFound(wrap(m)),
             Error::InvalidInput(m) => Error::InvalidInput(wrap(m)),
             Error::PermissionDenied(m) => Error::PermissionDenied(wrap(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(wrap(m)),
             Error::Unsupported(m) => Error::Unsupported(wrap(m)),
             Error::Connection(m) => Error::Connection(wrap(m)),
             Error::Engine(m) => Error::Engine(wrap(m)),
+            Error::TooLarge(m) => Error::TooLarge(wrap(m)),
             Error::Busy(m) => Error::Busy(wrap(m)),
             Error::Timeout(m) => Error::Timeout(wrap(m)),
             Error::Cancelled(m) => Error::Cancelled(wrap(m)),

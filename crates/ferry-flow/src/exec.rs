@@ -614,7 +614,10 @@ impl Executor {
                     log: logger,
                     cancel: cancel.clone(),
                 };
-                let work = kind.run(&ctx, &node.params);
+                let work = async {
+                    ctx.resources.authorize_task(&run, &node.id).await?;
+                    kind.run(&ctx, &node.params).await
+                };
                 match node.timeout_secs {
                     Some(secs) => {
                         tokio::pin!(work);

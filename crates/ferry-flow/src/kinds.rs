@@ -35,6 +35,11 @@ pub trait Resources: Send + Sync {
     fn shell_enabled(&self) -> bool {
         false
     }
+    /// Checks, before each attempt, that the flow's owner may still run `node` of `run`
+    /// (grants are re-checked at every run, not only when the flow was saved).
+    async fn authorize_task(&self, _run: &ferry_meta::FlowRunRecord, _node: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes a task's log lines (to the store, where `ferry run logs` reads them).

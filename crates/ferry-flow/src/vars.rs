@@ -389,7 +389,10 @@ fn time_expression(expr: &str, at: &DateTime<Tz>) -> Result<String> {
     if !is_time_format(format) {
         return Err(bad("not a date format"));
     }
-    let shifted = *at + Duration::seconds((offset_days * 86_400.0).round() as i64);
+    // `as` saturates; an offset beyond chrono's range is an error, not a panic.
+    let shifted = Duration::try_seconds((offset_days * 86_400.0).round() as i64)
+        .and_then(|d| at.checked_add_signed(d))
+        .ok_or_else(|| bad("offset out of range"))?;
     Ok(format_time(&shifted, format))
 }
 
@@ -458,13 +461,27 @@ fn apply_dms_offsets(at: &DateTime<Tz>, offsets: &str) -> Result<DateTime<Tz>> {
         let unit = rest[1 + digits.len()..].chars().next().ok_or_else(bad)?;
         let amount = sign * n;
         t = match unit {
-            'y' => add_months(&t, (amount * 12) as i32)?,
-            'M' => add_months(&t, amount as i32)?,
-            'w' => t + Duration::weeks(amount),
-            'd' => t + Duration::days(amount),
-            'h' => t + Duration::hours(amount),
-            'm' => t + Duration::minutes(amount),
-            's' => t + Duration::seconds(amount),
+            'y' | 'M' => {
+                let months = if unit == 'y' {
+                    amount.checked_mul(12)
+                } else {
+                    Some(amount)
+                };
+                let months = months.and_then(|m| i32::try_from(m).ok()).ok_or_else(bad)?;
+                add_months(&t, months)?
+            }
+            'w' | 'd' | 'h' | 'm' | 's' => {
+                let delta = match unit {
+                    'w' => Duration::try_weeks(amount),
+                    'd' => Duration::try_days(amount),
+                    'h' => Duration::try_hours(amount),
+                    'm' => Duration::try_minutes(amount),
+                    _ => Duration::try_seconds(amount),
+                };
+                delta
+                    .and_then(|d| t.checked_add_signed(d))
+                    .ok_or_else(bad)?
+            }
             _ => return Err(bad()),
         };
         rest = &rest[2 + digits.len()..];

@@ -5,6 +5,7 @@
 
 mod flows;
 pub mod secret;
+mod security;
 mod sql;
 
 use async_trait::async_trait;
@@ -12,7 +13,11 @@ use ferry_core::Result;
 use serde::{Deserialize, Serialize};
 
 pub use flows::{FlowRecord, FlowRepo, FlowRunRecord, TaskLogLine, TaskRunRecord};
-pub use secret::MasterKey;
+pub use secret::{MasterKey, SharedKey};
+pub use security::{
+    ApprovalRecord, AuditFilter, AuditRecord, MaskRuleRecord, RoleRecord, SecurityRepo,
+    SqlRuleRecord, TokenRecord, UserRecord,
+};
 pub use sql::SqlStore;
 
 /// A registered instance as stored. `url_secret` is the encrypted URL; only `url_redacted` is shown.
@@ -173,7 +178,14 @@ pub trait TrendRepo: Send + Sync {
 
 /// Everything the server needs from the store.
 pub trait MetaStore:
-    InstanceRepo + PolicyActionRepo + QueryRepo + TransferRepo + ArchiveRepo + FlowRepo + TrendRepo
+    InstanceRepo
+    + PolicyActionRepo
+    + QueryRepo
+    + TransferRepo
+    + ArchiveRepo
+    + FlowRepo
+    + TrendRepo
+    + SecurityRepo
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

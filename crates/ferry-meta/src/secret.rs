@@ -2,13 +2,14 @@
 //! The key comes from `FERRY_MASTER_KEY` (base64 of 32 bytes) or from `master.key` in the data
 //! directory, created with mode 0600 on first start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, Generate, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ferry_core::{Error, Result};
+use sha2::Digest;
 
 const PREFIX: &str = "v1:";
 const NONCE_LEN: usize = 12;
@@ -17,6 +18,8 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct MasterKey {
     cipher: Aes256Gcm,
+    /// A key derived from the master key for keyed hashes of masked values.
+    mask_key: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -41,7 +44,11 @@ impl MasterKey {
                 bytes.len()
             ))
         })?;
-        Ok(MasterKey { cipher })
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"ferry masking key v1");
+        hasher.update(bytes);
+        let mask_key = hasher.finalize().into();
+        Ok(MasterKey { cipher, mask_key })
     }
 
     /// The key from `FERRY_MASTER_KEY` if set, else from `<data_dir>/master.key`, created if missing.
@@ -64,6 +71,11 @@ impl MasterKey {
                 path.display()
             ))),
         }
+    }
+
+    /// The key for keyed hashes of masked values (derived, so the master key never leaves).
+    pub fn mask_key(&self) -> [u8; 32] {
+        self.mask_key
     }
 
     pub fn encrypt(&self, plaintext: &str) -> Result<String> {
@@ -96,6 +108,74 @@ impl MasterKey {
             .map_err(|_| undecryptable())?;
         String::from_utf8(plain).map_err(|_| undecryptable())
     }
+}
+
+/// The master key the server currently encrypts with, replaceable by key rotation.
+#[derive(Debug)]
+pub struct SharedKey {
+    current: std::sync::RwLock<MasterKey>,
+    /// The key file, when the key came from one (rotation rewrites it); `None` for
+    /// `FERRY_MASTER_KEY`.
+    file: Option<PathBuf>,
+}
+
+impl SharedKey {
+    /// The key from `FERRY_MASTER_KEY` or `<data_dir>/master.key` (see [`MasterKey::load_or_create`]).
+    pub fn load_or_create(data_dir: &Path) -> Result<Self> {
+        let from_env = std::env::var_os("FERRY_MASTER_KEY").is_some();
+        Ok(SharedKey {
+            current: std::sync::RwLock::new(MasterKey::load_or_create(data_dir)?),
+            file: (!from_env).then(|| data_dir.join("master.key")),
+        })
+    }
+
+    pub fn current(&self) -> MasterKey {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    pub fn encrypt(&self, plaintext: &str) -> Result<String> {
+        self.current().encrypt(plaintext)
+    }
+
+    pub fn decrypt(&self, stored: &str) -> Result<String> {
+        self.current().decrypt(stored)
+    }
+
+    /// Makes `key` the current key (after its secrets were re-encrypted and its file written).
+    pub fn install(&self, key: MasterKey) {
+        match self.current.write() {
+            Ok(mut k) => *k = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+    }
+}
+
+impl MasterKey {
+    /// A new random key and its base64 text (to be written to a key file, never logged).
+    pub fn generate() -> Result<(Self, String)> {
+        let key = Key::<Aes256Gcm>::generate();
+        let text = B64.encode(key.as_slice());
+        Ok((Self::from_bytes(key.as_slice())?, text))
+    }
+}
+
+/// Writes a new key file with mode 0600; fails if it exists.
+pub fn write_new_key(path: &Path, base64_text: &str) -> Result<()> {
+    write_private(path, base64_text)
+}
+
+/// Where a new key file is written before it replaces the old one.
+pub fn pending_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
 }
 
 #[cfg(unix)]

@@ -161,7 +161,108 @@ const MIGRATIONS: &[(i64, &str)] = &[
     )",
     ),
     (8, "alter table flow_runs add column instances text"),
+    (
+        9,
+        "create table users (
+        name text primary key,
+        password_hash text not null,
+        roles text not null,
+        grants text not null,
+        disabled bigint not null,
+        created_at_ms bigint not null,
+        updated_at_ms bigint not null
+    );
+    create table api_tokens (
+        id text primary key,
+        user_name text not null,
+        name text not null,
+        kind text not null,
+        secret_hash text not null unique,
+        csrf_hash text,
+        created_at_ms bigint not null,
+        expires_at_ms bigint,
+        last_used_ms bigint,
+        revoked_at_ms bigint
+    );
+    create index api_tokens_by_user on api_tokens (user_name);
+    create table roles (
+        name text primary key,
+        description text not null,
+        grants text not null,
+        created_at_ms bigint not null
+    );
+    create table owners (
+        kind text not null,
+        id text not null,
+        owner text not null,
+        primary key (kind, id)
+    );
+    create table audit_log (
+        id text primary key,
+        at_ms bigint not null,
+        user_name text not null,
+        source text,
+        action text not null,
+        instance text,
+        database_name text,
+        statement text,
+        class text,
+        decisions text,
+        row_count bigint,
+        duration_ms bigint,
+        outcome text not null,
+        error text
+    );
+    create index audit_log_by_time on audit_log (at_ms);
+    create index audit_log_by_user on audit_log (user_name, at_ms);
+    create table sql_rules (
+        scope text not null,
+        rule text not null,
+        value text not null,
+        updated_at_ms bigint not null,
+        primary key (scope, rule)
+    );
+    create table mask_rules (
+        id text primary key,
+        scope text not null,
+        table_name text,
+        column_name text not null,
+        algorithm text not null,
+        created_at_ms bigint not null
+    );
+    create table approvals (
+        id text primary key,
+        requester text not null,
+        instance text not null,
+        database_name text,
+        statement text not null,
+        statement_hash text not null,
+        reason text not null,
+        status text not null,
+        approver text,
+        result text,
+        created_at_ms bigint not null,
+        decided_at_ms bigint,
+        executed_at_ms bigint
+    )",
+    ),
 ];
+
+/// Migrations whose SQL differs by backend: (version, SQLite, PostgreSQL). Statements are
+/// separated by a line holding only `--;` (trigger bodies contain semicolons).
+const BACKEND_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    10,
+    "create trigger audit_log_no_update before update on audit_log
+     begin select raise(abort, 'the audit log is append-only'); end
+--;
+     create trigger audit_log_no_delete before delete on audit_log
+     begin select raise(abort, 'the audit log is append-only'); end",
+    "create function ferry_audit_append_only() returns trigger language plpgsql as $$
+     begin raise exception 'the audit log is append-only'; end $$
+--;
+     create trigger audit_log_append_only before update or delete on audit_log
+     for each statement execute function ferry_audit_append_only()",
+)];
 
 /// The metadata store on SQLite or PostgreSQL.
 pub struct SqlStore {
@@ -237,19 +338,30 @@ impl SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(store_error)?;
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
+        let plain = MIGRATIONS
+            .iter()
+            .map(|(version, sql)| (*version, sql.split(';').collect::<Vec<_>>()));
+        let by_backend = BACKEND_MIGRATIONS.iter().map(|(version, sqlite, pg)| {
+            let sql = if self.backend == "sqlite" { sqlite } else { pg };
+            (*version, sql.split("\n--;\n").collect::<Vec<_>>())
+        });
+        for (version, statements) in plain.chain(by_backend) {
+            if applied.contains(&version) {
                 continue;
             }
             let mut tx = self.pool.begin().await.map_err(store_error)?;
-            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            for statement in statements
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+            {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
                     .execute(&mut *tx)
                     .await
                     .map_err(store_error)?;
             }
             sqlx::query("insert into ferry_migrations (version, applied_at_ms) values ($1, $2)")
-                .bind(*version)
+                .bind(version)
                 .bind(crate::now_ms())
                 .execute(&mut *tx)
                 .await

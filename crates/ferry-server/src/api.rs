@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use ferry_core::{Error, Feature};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +16,7 @@ use crate::console::{ScriptResult, SqlRequest};
 use crate::error::{ApiError, ApiResult, bad_request};
 use crate::instances::{AddInstance, InstanceDto, UpdateInstance};
 use crate::queries::{QueryDto, ResultParams, SubmitQuery};
+use crate::rbac::Caller;
 use crate::sessions::{OpenSession, SessionDto};
 use crate::transfers::TransferDto;
 use crate::{SharedState, console, instances, queries, sessions, transfers};
@@ -28,6 +29,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(
+                Error::TooLarge("the request body is larger than this server accepts".into()),
+            )),
             Err(e) => Err(bad_request(match e {
                 JsonRejection::JsonDataError(e) => {
                     format!("invalid request body: {}", e.body_text())
@@ -114,7 +118,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::diff_flow,
         crate::flows::stream_logs,
         crate::trends::trends,
-        crate::flows::render_template
+        crate::flows::render_template,
+        crate::users::login,
+        crate::users::logout,
+        crate::users::whoami,
+        crate::users::change_password,
+        crate::users::list_tokens,
+        crate::users::create_token,
+        crate::users::revoke_token,
+        crate::users::list_users,
+        crate::users::add_user,
+        crate::users::show_user,
+        crate::users::update_user,
+        crate::users::remove_user,
+        crate::users::list_roles,
+        crate::users::put_role,
+        crate::users::remove_role,
+        crate::audit::search,
+        crate::audit::export,
+        crate::security::list_rules,
+        crate::security::set_rule,
+        crate::security::remove_rule,
+        crate::security::list_masks,
+        crate::security::add_mask,
+        crate::security::remove_mask,
+        crate::security::request_approval,
+        crate::security::list_approvals,
+        crate::security::show_approval,
+        crate::security::approve,
+        crate::security::reject,
+        crate::security::run_approved,
+        crate::security::rotate_key_endpoint
     ),
     components(schemas(
         AddInstance,
@@ -134,7 +168,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         crate::flows::TaskDto,
         crate::flows::Backfill,
         crate::flows::LogLineDto,
-        crate::flows::RenderTemplate
+        crate::flows::RenderTemplate,
+        crate::users::Login,
+        crate::users::Issued,
+        crate::users::TokenDto,
+        crate::users::UserDto,
+        crate::users::WhoAmI,
+        crate::users::ChangePassword,
+        crate::users::NewToken,
+        crate::users::NewUser,
+        crate::users::UpdateUser,
+        crate::users::RoleDto,
+        crate::users::PutRole,
+        crate::security::SetRule,
+        crate::security::AddMask,
+        crate::security::RequestApproval,
+        crate::security::Decide,
+        crate::security::Rotated
     ))
 )]
 pub struct ApiDoc;
@@ -193,6 +243,75 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v1/archives", get(list_archives).post(add_archive))
         .route("/api/v1/archives/{name}", delete(remove_archive))
         .merge(crate::flows::routes())
+        .route("/api/v1/auth/login", post(crate::users::login))
+        .route("/api/v1/auth/logout", post(crate::users::logout))
+        .route("/api/v1/auth/whoami", get(crate::users::whoami))
+        .route("/api/v1/auth/password", post(crate::users::change_password))
+        .route(
+            "/api/v1/tokens",
+            get(crate::users::list_tokens).post(crate::users::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(crate::users::revoke_token))
+        .route(
+            "/api/v1/users",
+            get(crate::users::list_users).post(crate::users::add_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            get(crate::users::show_user)
+                .patch(crate::users::update_user)
+                .delete(crate::users::remove_user),
+        )
+        .route("/api/v1/roles", get(crate::users::list_roles))
+        .route(
+            "/api/v1/roles/{name}",
+            axum::routing::put(crate::users::put_role).delete(crate::users::remove_role),
+        )
+        .route(
+            "/api/v1/rules",
+            get(crate::security::list_rules)
+                .post(crate::security::set_rule)
+                .delete(crate::security::remove_rule),
+        )
+        .route(
+            "/api/v1/masks",
+            get(crate::security::list_masks).post(crate::security::add_mask),
+        )
+        .route("/api/v1/masks/{id}", delete(crate::security::remove_mask))
+        .route(
+            "/api/v1/approvals",
+            get(crate::security::list_approvals).post(crate::security::request_approval),
+        )
+        .route(
+            "/api/v1/approvals/{id}",
+            get(crate::security::show_approval),
+        )
+        .route(
+            "/api/v1/approvals/{id}/approve",
+            post(crate::security::approve),
+        )
+        .route(
+            "/api/v1/approvals/{id}/reject",
+            post(crate::security::reject),
+        )
+        .route(
+            "/api/v1/approvals/{id}/run",
+            post(crate::security::run_approved),
+        )
+        .route(
+            "/api/v1/admin/rotate-key",
+            post(crate::security::rotate_key_endpoint),
+        )
+        .route("/api/v1/audit", get(crate::audit::search))
+        .route("/api/v1/audit/export", get(crate::audit::export))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_request_bytes,
+        ))
+        .layer(axum::middleware::from_fn(crate::auth::security_headers))
         .fallback(|| async {
             ApiError(Error::NotFound(
                 "no such API endpoint; see /api/v1/openapi.json".into(),
@@ -233,10 +352,24 @@ async fn openapi() -> Response {
 }
 
 #[utoipa::path(get, path = "/api/v1/instances", responses((status = 200, body = Vec<InstanceDto>)))]
-async fn list_instances(State(state): State<SharedState>) -> ApiResult<Json<Vec<InstanceDto>>> {
+async fn list_instances(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<InstanceDto>>> {
     let pools = state.instances.cached();
     let mut out = Vec::new();
     for rec in state.meta.list_instances().await? {
+        let visible = caller.allows(
+            crate::rbac::Permission::Read,
+            &crate::rbac::Resource::Instance {
+                name: &rec.name,
+                environment: &rec.environment,
+                database: None,
+            },
+        );
+        if !visible {
+            continue;
+        }
         let stats = pools
             .iter()
             .find(|p| p.name().as_str() == rec.name)
@@ -392,32 +525,38 @@ async fn connections(
               (status = 429, description = "The instance is at its connection cap")))]
 async fn run_sql(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> ApiResult<Response> {
-    Ok(console::run_request(&state, &name, req).await?)
+    Ok(console::run_request(&state, &caller, &name, req).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = OpenSession, responses((status = 201, body = SessionDto)))]
 async fn open_session(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<OpenSession>,
 ) -> ApiResult<Response> {
-    let dto = sessions::open(&state, req).await?;
+    let dto = sessions::open(&state, &caller, req).await?;
     Ok((StatusCode::CREATED, Json(dto)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions", responses((status = 200, body = Vec<SessionDto>)))]
-async fn list_sessions(State(state): State<SharedState>) -> Json<Vec<SessionDto>> {
-    Json(state.sessions.list())
+async fn list_sessions(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<SessionDto>> {
+    Json(state.sessions.list_for(&caller))
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", responses((status = 200, body = SessionDto), (status = 404)))]
 async fn show_session(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionDto>> {
-    let window = state.sessions.get(&id)?;
+    let window = state.sessions.get_for(&id, &caller)?;
     Ok(Json(
         state
             .sessions
@@ -431,8 +570,10 @@ async fn show_session(
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", responses((status = 200, description = "Closed; says whether a transaction was rolled back")))]
 async fn close_session(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    state.sessions.get_for(&id, &caller)?;
     let rolled_back = sessions::close_now(&state, &id, "closed by request")?;
     Ok(Json(
         serde_json::json!({ "closed": true, "rolled_back": rolled_back }),
@@ -442,68 +583,69 @@ async fn close_session(
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/sql", request_body = SqlRequest, responses((status = 200, body = ScriptResult)))]
 async fn run_session_sql(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> ApiResult<Response> {
-    Ok(sessions::run(&state, &id, req).await?)
+    Ok(sessions::run(&state, &caller, &id, req).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/cancel",
     responses((status = 200, description = "Whether a running statement was cancelled; the window stays open")))]
 async fn cancel_session_statement(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let cancelled = sessions::cancel(&state, &id).await?;
+    let cancelled = sessions::cancel(&state, &caller, &id).await?;
     Ok(Json(serde_json::json!({ "cancelled": cancelled })))
 }
 
 #[utoipa::path(post, path = "/api/v1/queries", request_body = SubmitQuery, responses((status = 202, body = QueryDto)))]
 async fn submit_query(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<SubmitQuery>,
 ) -> ApiResult<Response> {
-    let dto = queries::submit(&state, req).await?;
+    let dto = queries::submit(&state, &caller, req).await?;
     Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/queries", responses((status = 200, body = Vec<QueryDto>)))]
-async fn list_queries(State(state): State<SharedState>) -> ApiResult<Json<Vec<QueryDto>>> {
-    Ok(Json(
-        state
-            .meta
-            .list_queries(200)
-            .await?
-            .into_iter()
-            .map(QueryDto::from)
-            .collect(),
-    ))
+async fn list_queries(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<QueryDto>>> {
+    Ok(Json(queries::list(&state, &caller).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/queries/{id}", responses((status = 200, body = QueryDto), (status = 404)))]
 async fn show_query(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<QueryDto>> {
-    Ok(Json(queries::get(&state, &id).await?.into()))
+    Ok(Json(queries::get(&state, &caller, &id).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/queries/{id}", responses((status = 200, body = QueryDto), (status = 409)))]
 async fn cancel_query(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<QueryDto>> {
-    Ok(Json(queries::cancel(&state, &id).await?))
+    Ok(Json(queries::cancel(&state, &caller, &id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/queries/{id}/result", params(ResultParams),
     responses((status = 200, description = "A JSON page, or the whole result streamed"), (status = 409, description = "No result yet")))]
 async fn query_result(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiQuery(p): ApiQuery<ResultParams>,
 ) -> ApiResult<Response> {
-    Ok(queries::result(&state, &id, p).await?)
+    Ok(queries::result(&state, &caller, &id, p).await?)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -533,38 +675,43 @@ async fn policy_actions(
     responses((status = 202, body = TransferDto), (status = 400), (status = 404)))]
 async fn submit_transfer(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<ferry_move::TransferSpec>,
 ) -> ApiResult<Response> {
-    let dto = transfers::submit(&state, spec).await?;
+    let dto = transfers::submit(&state, &caller, spec).await?;
     Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/transfers", responses((status = 200, body = Vec<TransferDto>)))]
-async fn list_transfers(State(state): State<SharedState>) -> ApiResult<Json<Vec<TransferDto>>> {
-    Ok(Json(
-        state
-            .meta
-            .list_transfers(200)
-            .await?
-            .into_iter()
-            .map(TransferDto::from)
-            .collect(),
-    ))
+async fn list_transfers(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<TransferDto>>> {
+    let mut out = Vec::new();
+    for rec in state.meta.list_transfers(200).await? {
+        if crate::auth::owns(&state, &caller, "transfer", &rec.id).await? {
+            out.push(TransferDto::from(rec));
+        }
+    }
+    Ok(Json(out))
 }
 
 #[utoipa::path(get, path = "/api/v1/transfers/{id}", responses((status = 200, body = TransferDto), (status = 404)))]
 async fn show_transfer(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransferDto>> {
-    Ok(Json(transfers::get(&state, &id).await?.into()))
+    Ok(Json(transfers::get_for(&state, &caller, &id).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/transfers/{id}", responses((status = 200, body = TransferDto), (status = 409)))]
 async fn cancel_transfer(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TransferDto>> {
+    transfers::get_for(&state, &caller, &id).await?;
     Ok(Json(transfers::cancel(&state, &id).await?))
 }
 
@@ -572,9 +719,10 @@ async fn cancel_transfer(
     responses((status = 202, body = TransferDto, description = "The export runs as a job listed with the transfers"), (status = 400)))]
 async fn submit_export(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<ferry_move::ExportSpec>,
 ) -> ApiResult<Response> {
-    let dto = transfers::submit_export(&state, spec).await?;
+    let dto = transfers::submit_export(&state, &caller, spec).await?;
     Ok((StatusCode::ACCEPTED, Json(dto)).into_response())
 }
 
@@ -582,8 +730,10 @@ async fn submit_export(
     responses((status = 200, description = "Differences and the DDL that makes the target match, or missing/extra/different tables"), (status = 404)))]
 async fn schema_diff(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(p): ApiQuery<crate::schema_diff::DiffParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    crate::schema_diff::authorize(&state, &caller, &p).await?;
     Ok(Json(crate::schema_diff::diff(&state, &p).await?))
 }
 

@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::SharedState;
 use crate::encode::{ColumnDto, Format, StreamEncoder, columns_of, json_rows};
+use crate::guard::{self, Admitted, Guard};
+use crate::rbac::Caller;
+use ferry_guard::MaskPlan;
 
 /// A console request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -140,17 +143,20 @@ fn explain(e: Error, watch: &RuntimeWatch, pool: &InstancePool, revocation: &Rev
     }
 }
 
-/// Runs statements one after another on a lease, keeping at most `limit` rows of each.
+/// Runs admitted statements one after another on a lease, keeping at most `limit` rows of
+/// each, masking what the guard says, and auditing each outcome.
 pub async fn run_interactive(
     state: &SharedState,
     lease: &mut Lease,
-    statements: Vec<String>,
+    guard: &Guard,
+    statements: Vec<Admitted>,
     limit: Option<usize>,
     continue_on_error: bool,
 ) -> Vec<StatementResult> {
     let mut results = Vec::with_capacity(statements.len());
     let instance = lease.pool().name().to_string();
-    for sql in statements {
+    for admitted in statements {
+        let sql = admitted.sql.clone();
         let started = Instant::now();
         let outcome = match lease.revoked() {
             Some(reason) => Err(Error::Cancelled(format!(
@@ -159,11 +165,21 @@ pub async fn run_interactive(
             None => {
                 let watch = lease.watch_runtime(max_runtime(lease), "console statement");
                 let (pool, revocation) = (lease.pool().clone(), lease.revocation());
-                let r = run_one(lease, &sql, limit).await;
+                let r = run_guarded(lease, guard, &admitted, limit).await;
                 r.map_err(|e| explain(e, &watch, &pool, &revocation))
             }
         };
         let duration = started.elapsed();
+        let rows = match &outcome {
+            Ok(Outcome::Rows { batches, .. }) => {
+                Some(batches.iter().map(|b| b.num_rows() as u64).sum())
+            }
+            Ok(Outcome::Affected(n)) => Some(*n),
+            Err(_) => None,
+        };
+        guard
+            .finish(&admitted, rows, duration, outcome.as_ref().err())
+            .await;
         state
             .metrics
             .statement(&instance, outcome.is_ok(), duration);
@@ -233,8 +249,68 @@ enum Outcome {
     Affected(u64),
 }
 
-async fn run_one(lease: &mut Lease, sql: &str, limit: Option<usize>) -> Result<Outcome> {
+/// Runs one admitted statement: masked, within its row cap, and inside a savepoint that is
+/// rolled back when it changes more rows than `max-affected-rows` allows.
+async fn run_guarded(
+    lease: &mut Lease,
+    guard: &Guard,
+    admitted: &Admitted,
+    limit: Option<usize>,
+) -> Result<Outcome> {
+    let plan = guard.mask_plan(lease.conn(), &admitted.sql).await?;
+    let limit = match (limit, admitted.row_cap) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let Some(cap) = admitted.affected_cap else {
+        return run_one(lease, &admitted.sql, limit, plan.as_ref(), guard).await;
+    };
+    let nested = lease.connection().in_transaction();
+    let (open, keep, undo) = if nested {
+        (
+            "SAVEPOINT ferry_rule_cap",
+            "RELEASE SAVEPOINT ferry_rule_cap",
+            "ROLLBACK TO SAVEPOINT ferry_rule_cap",
+        )
+    } else {
+        ("BEGIN", "COMMIT", "ROLLBACK")
+    };
+    lease.conn().run(open).await?;
+    let outcome = run_one(lease, &admitted.sql, limit, plan.as_ref(), guard).await;
+    match outcome {
+        Ok(Outcome::Affected(n)) if n > cap => {
+            lease.conn().run(undo).await?;
+            if nested {
+                lease.conn().run(keep).await?;
+            }
+            Err(Error::PermissionDenied(format!(
+                "rule max-affected-rows on instance \"{}\": the statement changed {n} rows, more than the {cap} allowed, and was rolled back; change fewer rows at a time",
+                guard.instance
+            )))
+        }
+        Ok(o) => {
+            lease.conn().run(keep).await?;
+            Ok(o)
+        }
+        Err(e) => {
+            let _ = lease.conn().run(undo).await;
+            if nested {
+                let _ = lease.conn().run(keep).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn run_one(
+    lease: &mut Lease,
+    sql: &str,
+    limit: Option<usize>,
+    plan: Option<&MaskPlan>,
+    guard: &Guard,
+) -> Result<Outcome> {
     let canceller = lease.conn().canceller();
+    let masker = plan.map(|_| guard.masker());
     let (schema, mut stream) = match lease.conn().run(sql).await? {
         StatementOutput::Affected(n) => return Ok(Outcome::Affected(n)),
         StatementOutput::Rows { schema, batches } => (schema, batches),
@@ -243,11 +319,19 @@ async fn run_one(lease: &mut Lease, sql: &str, limit: Option<usize>) -> Result<O
     let mut kept = Vec::new();
     let mut count = 0usize;
     let mut truncated = false;
+    let schema = match plan {
+        Some(plan) => guard::masked_schema(plan, &schema)?,
+        None => schema,
+    };
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {
             continue;
         }
+        let batch = match (plan, &masker) {
+            (Some(plan), Some(masker)) => guard::apply_mask(masker, plan, &batch)?,
+            _ => batch,
+        };
         if count + batch.num_rows() > limit {
             kept.push(batch.slice(0, limit - count));
             truncated = true;
@@ -284,33 +368,81 @@ impl LeaseHolder for Lease {
 pub async fn stream_statement<H: LeaseHolder>(
     state: SharedState,
     mut holder: H,
-    sql: String,
+    guard: Guard,
+    admitted: Admitted,
     format: Format,
     limit: Option<usize>,
 ) -> Result<Response> {
     let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<u64>>>();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let sql = admitted.sql.clone();
+    let limit = match (limit, admitted.row_cap) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     tokio::spawn(async move {
         let lease = holder.lease();
         let instance = lease.pool().name().to_string();
         let started = Instant::now();
+        let plan = match guard.mask_plan(lease.conn(), &sql).await {
+            Ok(p) => p,
+            Err(e) => {
+                guard
+                    .finish(&admitted, None, started.elapsed(), Some(&e))
+                    .await;
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let masker = guard.masker();
         let watch = lease.watch_runtime(max_runtime(lease), "console statement");
         let canceller = lease.conn().canceller();
         let (pool, revocation) = (lease.pool().clone(), lease.revocation());
-        let output = lease.conn().run(&sql).await;
+        let output = if admitted.affected_cap.is_some() {
+            // A capped change needs its savepoint: run it the interactive way.
+            match run_guarded(lease, &guard, &admitted, None).await {
+                Ok(Outcome::Affected(n)) => Ok(StatementOutput::Affected(n)),
+                Ok(Outcome::Rows { .. }) => Err(Error::Unsupported(
+                    "a change that returns rows cannot be streamed under max-affected-rows: use format json".into(),
+                )),
+                Err(e) => Err(e),
+            }
+        } else {
+            lease.conn().run(&sql).await
+        };
         let (schema, mut batches) = match output {
             Err(e) => {
                 let e = explain(e, &watch, &pool, &revocation);
                 state.metrics.statement(&instance, false, started.elapsed());
+                guard
+                    .finish(&admitted, None, started.elapsed(), Some(&e))
+                    .await;
                 let _ = ready_tx.send(Err(e));
                 return;
             }
             Ok(StatementOutput::Affected(n)) => {
                 state.metrics.statement(&instance, true, started.elapsed());
+                guard
+                    .finish(&admitted, Some(n), started.elapsed(), None)
+                    .await;
                 let _ = ready_tx.send(Ok(Some(n)));
                 return;
             }
             Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
+        };
+        let schema = match &plan {
+            Some(plan) => match guard::masked_schema(plan, &schema) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = canceller.cancel().await;
+                    guard
+                        .finish(&admitted, None, started.elapsed(), Some(&e))
+                        .await;
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            },
+            None => schema,
         };
         let encoder = match StreamEncoder::new(format, &schema) {
             Ok(e) => e,
@@ -319,12 +451,21 @@ pub async fn stream_statement<H: LeaseHolder>(
                 return;
             }
         };
+        let mask = |b: Result<RecordBatch>| -> Result<RecordBatch> {
+            match &plan {
+                Some(plan) => guard::apply_mask(&masker, plan, &b?),
+                None => b,
+            }
+        };
         // Wait for the first rows, so that errors before them (a cancelled or failing statement)
         // still get an ordinary error response.
-        let mut first = batches.next().await;
+        let mut first = batches.next().await.map(mask);
         if let Some(Err(e)) = first {
             let e = explain(e, &watch, &pool, &revocation);
             state.metrics.statement(&instance, false, started.elapsed());
+            guard
+                .finish(&admitted, None, started.elapsed(), Some(&e))
+                .await;
             let _ = ready_tx.send(Err(e));
             return;
         }
@@ -335,10 +476,11 @@ pub async fn stream_statement<H: LeaseHolder>(
         let mut ok = true;
         let mut remaining = limit.unwrap_or(usize::MAX);
         let mut failure = None;
+        let mut sent = 0u64;
         while ok && remaining > 0 {
             let next = match first.take() {
                 Some(b) => Some(b),
-                None => batches.next().await,
+                None => batches.next().await.map(mask),
             };
             let Some(batch) = next else {
                 break;
@@ -351,6 +493,7 @@ pub async fn stream_statement<H: LeaseHolder>(
                         b
                     };
                     remaining -= b.num_rows();
+                    sent += b.num_rows() as u64;
                     ok = batch_tx.send(Ok(b)).await.is_ok();
                 }
                 Err(e) => {
@@ -368,6 +511,9 @@ pub async fn stream_statement<H: LeaseHolder>(
         state
             .metrics
             .statement(&instance, failure.is_none(), started.elapsed());
+        guard
+            .finish(&admitted, Some(sent), started.elapsed(), failure.as_ref())
+            .await;
         match failure {
             Some(e) => {
                 let e = explain(e, &watch, &pool, &revocation);
@@ -428,10 +574,25 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 /// Runs a console request on a fresh lease of the instance's pool.
-pub async fn run_request(state: &SharedState, instance: &str, req: SqlRequest) -> Result<Response> {
+pub async fn run_request(
+    state: &SharedState,
+    caller: &Caller,
+    instance: &str,
+    req: SqlRequest,
+) -> Result<Response> {
     let pool = state.pool(instance).await?;
     let engine = pool.connector().engine();
     let (statements, limit) = plan(state, engine, &req)?;
+    let guard = Guard::new(
+        state,
+        caller,
+        instance,
+        req.database.as_deref(),
+        engine,
+        "console",
+    )
+    .await?;
+    let statements = guard.admit_all(&statements).await?;
     let mut lease = pool
         .acquire(
             ferry_core::Feature::Console,
@@ -440,8 +601,15 @@ pub async fn run_request(state: &SharedState, instance: &str, req: SqlRequest) -
         )
         .await?;
     if req.format == Format::Json {
-        let results =
-            run_interactive(state, &mut lease, statements, limit, req.continue_on_error).await;
+        let results = run_interactive(
+            state,
+            &mut lease,
+            &guard,
+            statements,
+            limit,
+            req.continue_on_error,
+        )
+        .await;
         let in_transaction = lease.connection().in_transaction();
         return Ok(axum::Json(ScriptResult {
             results,
@@ -450,6 +618,9 @@ pub async fn run_request(state: &SharedState, instance: &str, req: SqlRequest) -
         })
         .into_response());
     }
-    let sql = statements.into_iter().next().unwrap_or_default();
-    stream_statement(state.clone(), lease, sql, req.format, limit).await
+    let admitted = statements
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::InvalidInput("no SQL statement given".into()))?;
+    stream_statement(state.clone(), lease, guard, admitted, req.format, limit).await
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::NaiveDate;
 use ferry_connect::InstancePool;
 use ferry_core::{Error, Result};
@@ -24,6 +24,8 @@ use utoipa::ToSchema;
 
 use crate::api::{ApiJson, ApiQuery};
 use crate::error::ApiResult;
+use crate::guard::Guard;
+use crate::rbac::{Caller, Permission, Resource};
 use crate::{AppState, SharedState};
 
 /// The executor and scheduler of this node.
@@ -73,6 +75,46 @@ impl ferry_flow::Resources for StateResources {
 
     fn shell_enabled(&self) -> bool {
         self.0.upgrade().is_some_and(|s| s.config.enable_shell)
+    }
+
+    async fn authorize_task(&self, run: &FlowRunRecord, node: &str) -> Result<()> {
+        let state = self
+            .0
+            .upgrade()
+            .ok_or_else(|| Error::Cancelled("the server is shutting down".into()))?;
+        let version = format!("{}@{}", run.flow, run.version);
+        let owner = state
+            .meta
+            .owner_of("flow", &version)
+            .await?
+            .ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "flow {version} has no owner, so it runs with no grants: apply it again"
+                ))
+            })?;
+        let user = state
+            .meta
+            .get_user(&owner)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "the owner of flow {version}, \"{owner}\", was removed or disabled: another user must apply the flow again"
+                ))
+            })?;
+        let caller = crate::auth::caller_for(&state, &user, None, None).await?;
+        let spec = exec::run_spec(state.meta.as_ref(), run).await?;
+        let n =
+            spec.nodes.iter().find(|n| n.id == node).ok_or_else(|| {
+                Error::NotFound(format!("node \"{node}\" is not in flow {version}"))
+            })?;
+        authorize_node(&state, &caller, &spec, n)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "re-checked with the grants of \"{owner}\", the owner of flow {version}"
+                ))
+            })
     }
 
     fn watermarks(&self) -> Arc<dyn WatermarkStore> {
@@ -186,7 +228,7 @@ fn flow_dto(r: FlowRecord) -> Result<FlowDto> {
 }
 
 /// Checks a definition against the registered instances and stores it as a new version.
-pub async fn apply(state: &SharedState, req: ApplyFlow) -> Result<FlowDto> {
+pub async fn apply(state: &SharedState, caller: &Caller, req: ApplyFlow) -> Result<FlowDto> {
     let spec = match (req.toml, req.yaml, req.spec) {
         (Some(text), None, None) => FlowSpec::from_toml(&text)?,
         (None, Some(text), None) => FlowSpec::from_yaml(&text)?,
@@ -214,11 +256,231 @@ pub async fn apply(state: &SharedState, req: ApplyFlow) -> Result<FlowDto> {
             n.id
         )));
     }
+    caller.require(Permission::FlowEdit, &Resource::Flow(&spec.name))?;
+    // The flow runs with its owner's grants: the one who applies it must hold them now.
+    authorize_flow(state, caller, &spec).await?;
     let enabled = spec.schedule.as_ref().is_none_or(|s| s.enabled);
     let text = serde_json::to_string(&spec).map_err(|e| Error::Internal(e.to_string()))?;
     let version = state.meta.apply_flow(&spec.name, &text, enabled).await?;
+    state
+        .meta
+        .set_owner("flow", &format!("{}@{version}", spec.name), &caller.user)
+        .await?;
     tracing::info!(flow = %spec.name, version, "flow applied");
     flow_dto(get_flow(state.meta.as_ref(), &spec.name).await?)
+}
+
+/// The SQL of a flow node with its variables replaced by placeholders of the same kind (a
+/// quoted literal, or a name for raw variables), so it can be classified before a run.
+fn with_placeholders(spec: &FlowSpec, sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(i) = rest.find(['$']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let close = match tail.as_bytes().get(1) {
+            Some(b'{') => Some('}'),
+            Some(b'[') => Some(']'),
+            _ => None,
+        };
+        match close.and_then(|c| tail.find(c).map(|end| (c, end))) {
+            Some((c, end)) => {
+                let name = &tail[2..end];
+                let raw = c == '}'
+                    && spec.variables.get(name).is_some_and(|v| {
+                        matches!(v, ferry_flow::model::Variable::Declared { raw: true, .. })
+                    });
+                out.push_str(if raw { "ferry_placeholder" } else { "'0'" });
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push('$');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks every statement of `sql` for `caller` on an instance (grants and SQL rules);
+/// with `read_only`, each must be a read.
+async fn authorize_sql(
+    state: &SharedState,
+    caller: &Caller,
+    instance: &str,
+    database: Option<&str>,
+    sql: &str,
+    read_only: bool,
+) -> Result<()> {
+    let engine = state.pool(instance).await?.connector().engine();
+    let guard = Guard::new(state, caller, instance, database, engine, "flow").await?;
+    let statements = ferry_connect::script::split_statements(engine, sql);
+    for admitted in guard.admit_all(&statements).await? {
+        if read_only && admitted.class != ferry_guard::StatementClass::Read {
+            return Err(Error::PermissionDenied(format!(
+                "this query must only read; it is {}: {}",
+                admitted.class.as_str(),
+                admitted.sql
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `caller` may run one node: the instances it touches, every statement it runs
+/// (classified and checked against grants and rules), the files it reads or writes.
+pub async fn authorize_node(
+    state: &SharedState,
+    caller: &Caller,
+    spec: &FlowSpec,
+    node: &ferry_flow::model::NodeSpec,
+) -> Result<()> {
+    let p = &node.params;
+    let text =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let parse_err = |e: serde_json::Error| Error::InvalidInput(format!("params: {e}"));
+    match node.kind.as_str() {
+        "sql" | "check" => {
+            let instance = text(p, "instance").unwrap_or_default();
+            let sql = with_placeholders(spec, &text(p, "sql").unwrap_or_default());
+            authorize_sql(
+                state,
+                caller,
+                &instance,
+                text(p, "database").as_deref(),
+                &sql,
+                node.kind == "check",
+            )
+            .await
+        }
+        "transfer" => {
+            let mut t: ferry_move::TransferSpec =
+                serde_json::from_value(p.clone()).map_err(parse_err)?;
+            if let ferry_move::SourceSpec::Query { sql, .. } = &mut t.source {
+                *sql = with_placeholders(spec, sql);
+            }
+            t.filter = t.filter.map(|f| with_placeholders(spec, &f));
+            crate::transfers::authorize_source(
+                state,
+                caller,
+                &t.source,
+                t.filter.as_deref(),
+                "flow",
+            )
+            .await?;
+            let wanted = if t.create {
+                Permission::Ddl
+            } else {
+                Permission::Write
+            };
+            crate::auth::require_instance(
+                state,
+                caller,
+                wanted,
+                &t.target.instance,
+                t.target.database.as_deref(),
+            )
+            .await
+            .map(|_| ())
+        }
+        "export" => {
+            let mut e: ferry_move::ExportSpec =
+                serde_json::from_value(p.clone()).map_err(parse_err)?;
+            if let ferry_move::SourceSpec::Query { sql, .. } = &mut e.source {
+                *sql = with_placeholders(spec, sql);
+            }
+            e.filter = e.filter.map(|f| with_placeholders(spec, &f));
+            crate::transfers::authorize_source(
+                state,
+                caller,
+                &e.source,
+                e.filter.as_deref(),
+                "flow",
+            )
+            .await?;
+            crate::transfers::authorize_location(caller, &e.url)
+        }
+        "cross_sql" => {
+            if let Some(sources) = p.get("sources").and_then(|v| v.as_object()) {
+                for source in sources.values() {
+                    let instance = text(source, "instance").unwrap_or_default();
+                    let database = text(source, "database");
+                    if instance == ferry_query::ARCHIVE_INSTANCE {
+                        continue;
+                    }
+                    match text(source, "sql") {
+                        Some(sql) => {
+                            let sql = with_placeholders(spec, &sql);
+                            authorize_sql(state, caller, &instance, database.as_deref(), &sql, true)
+                                .await?
+                        }
+                        None => {
+                            let table = text(source, "table").unwrap_or_default();
+                            let src = ferry_move::SourceSpec::Table(ferry_move::Endpoint {
+                                instance: instance.clone(),
+                                database,
+                                schema: None,
+                                table,
+                            });
+                            crate::transfers::authorize_source(state, caller, &src, None, "flow")
+                                .await?
+                        }
+                    }
+                }
+            }
+            if let Some(target) = p.get("target") {
+                let create = p.get("create").and_then(|c| c.as_bool()).unwrap_or(false);
+                crate::auth::require_instance(
+                    state,
+                    caller,
+                    if create {
+                        Permission::Ddl
+                    } else {
+                        Permission::Write
+                    },
+                    &text(target, "instance").unwrap_or_default(),
+                    text(target, "database").as_deref(),
+                )
+                .await?;
+            }
+            if let Some(url) = p.get("output").and_then(|o| text(o, "url")) {
+                crate::transfers::authorize_location(caller, &url)?;
+            }
+            Ok(())
+        }
+        "backup" | "restore" => {
+            crate::auth::require_instance(
+                state,
+                caller,
+                Permission::Admin,
+                &text(p, "instance").unwrap_or_default(),
+                text(p, "database").as_deref(),
+            )
+            .await?;
+            match text(p, "url").or_else(|| text(p, "path")) {
+                Some(url) => crate::transfers::authorize_location(caller, &url),
+                None => Ok(()),
+            }
+        }
+        "shell" | "spark" => caller
+            .require(Permission::Instances, &Resource::Server)
+            .map_err(|e| e.context("it runs a program on the server")),
+        "http" => Ok(()),
+        other => Err(Error::PermissionDenied(format!(
+            "task kind \"{other}\" has no permission rule, so it is refused"
+        ))),
+    }
+}
+
+/// Checks every node of a flow for `caller`, naming the node that is refused.
+pub async fn authorize_flow(state: &SharedState, caller: &Caller, spec: &FlowSpec) -> Result<()> {
+    for node in &spec.nodes {
+        authorize_node(state, caller, spec, node)
+            .await
+            .map_err(|e| e.context(format!("node \"{}\"", node.id)))?;
+    }
+    Ok(())
 }
 
 async fn get_flow(meta: &dyn MetaStore, name: &str) -> Result<FlowRecord> {
@@ -233,15 +495,20 @@ async fn get_flow(meta: &dyn MetaStore, name: &str) -> Result<FlowRecord> {
     responses((status = 201, body = FlowDto), (status = 400, description = "The definition is invalid; the message names the node and field")))]
 pub async fn apply_flow(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ApplyFlow>,
 ) -> ApiResult<Response> {
-    let dto = apply(&state, req).await?;
+    let dto = apply(&state, &caller, req).await?;
     Ok((StatusCode::CREATED, Json(dto)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/flows", responses((status = 200, body = Vec<FlowDto>)))]
-pub async fn list_flows(State(state): State<SharedState>) -> ApiResult<Json<Vec<FlowDto>>> {
-    let flows = state.meta.list_flows().await?;
+pub async fn list_flows(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<FlowDto>>> {
+    let mut flows = state.meta.list_flows().await?;
+    flows.retain(|f| caller.allows(Permission::FlowView, &Resource::Flow(&f.name)));
     Ok(Json(
         flows.into_iter().map(flow_dto).collect::<Result<_>>()?,
     ))
@@ -544,9 +811,10 @@ pub struct RunFilter {
     responses((status = 200, body = Vec<RunDto>)))]
 pub async fn list_runs(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(f): ApiQuery<RunFilter>,
 ) -> ApiResult<Json<Vec<RunDto>>> {
-    let runs = state
+    let mut runs = state
         .meta
         .list_runs(
             f.flow.as_deref(),
@@ -554,6 +822,7 @@ pub async fn list_runs(
             f.limit.unwrap_or(100).clamp(1, 10_000),
         )
         .await?;
+    runs.retain(|r| caller.allows(Permission::FlowView, &Resource::Flow(&r.flow)));
     Ok(Json(runs.into_iter().map(|r| run_dto(r, None)).collect()))
 }
 

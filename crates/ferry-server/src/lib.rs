@@ -4,19 +4,25 @@
 
 pub mod api;
 pub mod archives;
+pub mod audit;
+pub mod auth;
 pub mod console;
 pub mod demo;
 pub mod encode;
 pub mod error;
 pub mod flows;
+pub mod guard;
 pub mod instances;
 pub mod metrics;
 pub mod policy;
 pub mod queries;
+pub mod rbac;
 pub mod schema_diff;
+pub mod security;
 pub mod sessions;
 pub mod transfers;
 pub mod trends;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_meta::{MasterKey, MetaStore, SqlStore};
+use ferry_meta::{MetaStore, SharedKey, SqlStore};
 
 /// How a server runs. Defaults serve one node on loopback with data under `./ferry-data`.
 #[derive(Debug, Clone)]
@@ -52,6 +58,11 @@ pub struct ServerConfig {
     pub enable_shell: bool,
     /// How often table row counts and sizes are sampled for data trends.
     pub trend_interval: Duration,
+    /// The first administrator's password when the store has no users yet (else
+    /// `FERRY_ADMIN_PASSWORD`, else a random one printed once).
+    pub admin_password: Option<String>,
+    /// The largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +80,8 @@ impl Default for ServerConfig {
             scheduler_interval: Duration::from_secs(1),
             enable_shell: false,
             trend_interval: Duration::from_secs(3600),
+            admin_password: None,
+            max_request_bytes: 8 << 20,
         }
     }
 }
@@ -77,7 +90,8 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub config: ServerConfig,
     pub meta: Arc<dyn MetaStore>,
-    pub key: MasterKey,
+    pub key: SharedKey,
+    pub login_limiter: auth::LoginLimiter,
     pub instances: instances::Instances,
     pub sessions: sessions::Sessions,
     pub queries: queries::AsyncQueries,
@@ -100,7 +114,7 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
         Some(url) => Arc::new(SqlStore::open(url).await?),
         None => Arc::new(SqlStore::open_sqlite(&config.data_dir).await?),
     };
-    let key = MasterKey::load_or_create(&config.data_dir)?;
+    let key = SharedKey::load_or_create(&config.data_dir)?;
     let recovered = meta
         .fail_unfinished_queries("the server stopped while the query ran; submit it again")
         .await?;
@@ -128,10 +142,17 @@ pub async fn build_state(config: ServerConfig) -> anyhow::Result<SharedState> {
         transfers: transfers::Transfers::default(),
         flows: flows::Flows::default(),
         metrics: metrics::Metrics::new(),
+        login_limiter: auth::LoginLimiter::default(),
         meta,
         key,
         config,
     });
+    security::recover_rotation(&state)
+        .await
+        .context("finishing an interrupted key rotation")?;
+    auth::ensure_first_admin(&state)
+        .await
+        .context("creating the first administrator")?;
     if state.config.demo {
         demo::ensure_demo(&state)
             .await
@@ -162,10 +183,13 @@ impl BoundServer {
         flows::start(&self.state);
         let trends = tokio::spawn(trends::run(self.state.clone()));
         let app = api::router(self.state.clone());
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
         policy.abort();
         trends.abort();
         self.state

@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 
 use crate::SharedState;
 use crate::encode::{ColumnDto, Format, StreamEncoder, columns_of, json_rows};
+use crate::guard::{Admitted, Guard};
+use crate::rbac::Caller;
 
 /// Queries running on this node.
 #[derive(Default)]
@@ -116,23 +118,65 @@ fn spool_dir(state: &SharedState) -> PathBuf {
     state.config.data_dir.join("queries")
 }
 
-pub async fn get(state: &SharedState, id: &str) -> Result<QueryRecord> {
-    state.meta.get_query(id).await?.ok_or_else(|| {
+/// An async query the caller may see: their own, or any for an administrator (others' are
+/// "not found").
+pub async fn get(state: &SharedState, caller: &Caller, id: &str) -> Result<QueryRecord> {
+    let not_found = || {
         Error::NotFound(format!(
             "async query {id} does not exist; list them with `ferry query list`"
         ))
-    })
+    };
+    let rec = state.meta.get_query(id).await?.ok_or_else(not_found)?;
+    if !crate::auth::owns(state, caller, "query", id).await? {
+        return Err(not_found());
+    }
+    Ok(rec)
 }
 
-pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
+/// The caller's async queries (every one for an administrator), newest first.
+pub async fn list(state: &SharedState, caller: &Caller) -> Result<Vec<QueryDto>> {
+    let mut out = Vec::new();
+    for rec in state.meta.list_queries(200).await? {
+        if crate::auth::owns(state, caller, "query", &rec.id).await? {
+            out.push(QueryDto::from(rec));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn submit(state: &SharedState, caller: &Caller, req: SubmitQuery) -> Result<QueryDto> {
+    crate::auth::require_instance(
+        state,
+        caller,
+        crate::rbac::Permission::Read,
+        &req.instance,
+        req.database.as_deref(),
+    )
+    .await?;
     let pool = state.pool(&req.instance).await?;
-    let statements = script::split_statements(pool.connector().engine(), &req.sql);
+    let engine = pool.connector().engine();
+    let statements = script::split_statements(engine, &req.sql);
     if statements.len() != 1 {
         return Err(Error::InvalidInput(format!(
             "an async query is one statement that returns rows, got {} statements",
             statements.len()
         )));
     }
+    let guard = Guard::new(
+        state,
+        caller,
+        &req.instance,
+        req.database.as_deref(),
+        engine,
+        "query",
+    )
+    .await?;
+    let admitted = guard
+        .admit_all(&statements)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::InvalidInput("no SQL statement given".into()))?;
     std::fs::create_dir_all(spool_dir(state))
         .map_err(|e| Error::Internal(format!("cannot create the spool directory: {e}")))?;
     let mut rec = QueryRecord {
@@ -151,6 +195,7 @@ pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
         finished_at_ms: None,
     };
     state.meta.insert_query(&rec).await?;
+    state.meta.set_owner("query", &rec.id, &caller.user).await?;
     let canceller = Arc::new(Mutex::new(None));
     let task_state = state.clone();
     let task_rec = rec.clone();
@@ -160,7 +205,12 @@ pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
     let handle = tokio::spawn(async move {
         let id = task_rec.id.clone();
         let mut rec = task_rec;
-        let outcome = execute(&task_state, &mut rec, task_canceller).await;
+        let started = Instant::now();
+        let outcome = execute(&task_state, &mut rec, &guard, &admitted, task_canceller).await;
+        let rows = outcome.is_ok().then_some(rec.rows as u64);
+        guard
+            .finish(&admitted, rows, started.elapsed(), outcome.as_ref().err())
+            .await;
         rec.finished_at_ms = Some(now_ms());
         match outcome {
             Ok(()) => rec.status = "succeeded".into(),
@@ -193,6 +243,8 @@ pub async fn submit(state: &SharedState, req: SubmitQuery) -> Result<QueryDto> {
 async fn execute(
     state: &SharedState,
     rec: &mut QueryRecord,
+    guard: &Guard,
+    admitted: &Admitted,
     canceller: Arc<Mutex<Option<Arc<dyn Canceller>>>>,
 ) -> Result<()> {
     let pool = state.pool(&rec.instance).await?;
@@ -206,6 +258,8 @@ async fn execute(
     let relative = format!("queries/{}.arrow", rec.id);
     let path = state.config.data_dir.join(&relative);
     let partial = path.with_extension("arrow.part");
+    let plan = guard.mask_plan(lease.conn(), &rec.sql).await?;
+    let masker = guard.masker();
     let (schema, mut batches) = match lease.conn().run(&rec.sql).await? {
         StatementOutput::Rows { schema, batches } => (schema, batches),
         StatementOutput::Affected(n) => {
@@ -214,6 +268,11 @@ async fn execute(
             )));
         }
     };
+    let schema = match &plan {
+        Some(plan) => crate::guard::masked_schema(plan, &schema)?,
+        None => schema,
+    };
+    let mut row_cap = admitted.row_cap.map(|n| n as i64);
     rec.columns = serde_json::to_string(&columns_of(&schema)).ok();
     let (tx, mut rx) = mpsc::channel::<RecordBatch>(4);
     let writer_schema = schema.clone();
@@ -237,8 +296,21 @@ async fn execute(
     let mut last_report = Instant::now();
     let mut failure = None;
     while let Some(batch) = batches.next().await {
+        let batch = match (&plan, batch) {
+            (Some(plan), Ok(b)) => crate::guard::apply_mask(&masker, plan, &b),
+            (_, b) => b,
+        };
         match batch {
-            Ok(b) => {
+            Ok(mut b) => {
+                if let Some(cap) = row_cap.as_mut() {
+                    if *cap <= 0 {
+                        break;
+                    }
+                    if b.num_rows() as i64 > *cap {
+                        b = b.slice(0, *cap as usize);
+                    }
+                    *cap -= b.num_rows() as i64;
+                }
                 rec.rows += b.num_rows() as i64;
                 if tx.send(b).await.is_err() {
                     break;
@@ -268,8 +340,8 @@ async fn execute(
     Ok(())
 }
 
-pub async fn cancel(state: &SharedState, id: &str) -> Result<QueryDto> {
-    let mut rec = get(state, id).await?;
+pub async fn cancel(state: &SharedState, caller: &Caller, id: &str) -> Result<QueryDto> {
+    let mut rec = get(state, caller, id).await?;
     let running = lock(&state.queries.running).remove(id);
     let Some(q) = running else {
         return Err(Error::Conflict(format!(
@@ -326,8 +398,13 @@ fn open_spool(
 }
 
 /// A page of the result as JSON, or the whole result streamed in another format.
-pub async fn result(state: &SharedState, id: &str, params: ResultParams) -> Result<Response> {
-    let rec = get(state, id).await?;
+pub async fn result(
+    state: &SharedState,
+    caller: &Caller,
+    id: &str,
+    params: ResultParams,
+) -> Result<Response> {
+    let rec = get(state, caller, id).await?;
     let reader = open_spool(state, &rec)?;
     if params.format == Format::Json {
         let offset = params.offset.unwrap_or(0);

@@ -19,6 +19,26 @@ pub struct DiffParams {
     pub target_db: Option<String>,
 }
 
+/// Both sides of a comparison need `read` on their instance.
+pub async fn authorize(
+    state: &SharedState,
+    caller: &crate::rbac::Caller,
+    p: &DiffParams,
+) -> Result<()> {
+    for (side, db) in [(&p.source, &p.source_db), (&p.target, &p.target_db)] {
+        let instance = side.split(':').next().unwrap_or_default();
+        crate::auth::require_instance(
+            state,
+            caller,
+            crate::rbac::Permission::Read,
+            instance,
+            db.as_deref(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 pub struct DatabaseDiff {
     pub missing_tables: Vec<String>,

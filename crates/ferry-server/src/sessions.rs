@@ -15,6 +15,8 @@ use tokio::sync::OwnedMutexGuard;
 use crate::SharedState;
 use crate::console::{self, LeaseHolder, ScriptResult, SqlRequest};
 use crate::encode::Format;
+use crate::guard::Guard;
+use crate::rbac::{Caller, Permission, Resource};
 
 /// Open SQL windows of this node.
 #[derive(Default)]
@@ -25,6 +27,8 @@ pub struct Sessions {
 /// One SQL window.
 pub struct SqlWindow {
     pub id: String,
+    /// The user who opened it; only they (or an administrator) may use it.
+    pub owner: String,
     pub instance: String,
     pub database: Option<String>,
     created: Instant,
@@ -48,6 +52,8 @@ pub struct OpenSession {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionDto {
     pub id: String,
+    #[serde(default)]
+    pub owner: String,
     pub instance: String,
     pub database: Option<String>,
     /// The server-side session id (backend pid, connection id).
@@ -83,6 +89,7 @@ impl SqlWindow {
         };
         SessionDto {
             id: self.id.clone(),
+            owner: self.owner.clone(),
             instance: self.instance.clone(),
             database: self.database.clone(),
             server_session_id,
@@ -106,6 +113,26 @@ impl Sessions {
             .get(id)
             .cloned()
             .ok_or_else(|| not_found(id))
+    }
+
+    /// A window the caller may use: their own, or any for an administrator. Others' windows
+    /// are "not found", so their ids reveal nothing.
+    pub fn get_for(&self, id: &str, caller: &Caller) -> Result<Arc<SqlWindow>> {
+        let w = self.get(id)?;
+        if w.owner == caller.user || caller.allows(Permission::Security, &Resource::Server) {
+            Ok(w)
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    /// The windows the caller may see.
+    pub fn list_for(&self, caller: &Caller) -> Vec<SessionDto> {
+        let all = caller.allows(Permission::Security, &Resource::Server);
+        self.list()
+            .into_iter()
+            .filter(|s| all || s.owner == caller.user)
+            .collect()
     }
 
     pub fn list(&self) -> Vec<SessionDto> {
@@ -141,7 +168,15 @@ impl Sessions {
     }
 }
 
-pub async fn open(state: &SharedState, req: OpenSession) -> Result<SessionDto> {
+pub async fn open(state: &SharedState, caller: &Caller, req: OpenSession) -> Result<SessionDto> {
+    crate::auth::require_instance(
+        state,
+        caller,
+        Permission::Read,
+        &req.instance,
+        req.database.as_deref(),
+    )
+    .await?;
     let pool = state.pool(&req.instance).await?;
     let mut lease = pool
         .acquire(Feature::Console, req.database.as_deref(), "sql window")
@@ -152,6 +187,7 @@ pub async fn open(state: &SharedState, req: OpenSession) -> Result<SessionDto> {
     let window = Arc::new(SqlWindow {
         canceller,
         id: uuid::Uuid::new_v4().to_string(),
+        owner: caller.user.clone(),
         instance: req.instance,
         database: req.database,
         created: Instant::now(),
@@ -183,8 +219,8 @@ pub fn close_now(state: &SharedState, id: &str, reason: &str) -> Result<bool> {
 }
 
 /// Cancels the statement running in a window, on the database server; the window stays open.
-pub async fn cancel(state: &SharedState, id: &str) -> Result<bool> {
-    let window = state.sessions.get(id)?;
+pub async fn cancel(state: &SharedState, caller: &Caller, id: &str) -> Result<bool> {
+    let window = state.sessions.get_for(id, caller)?;
     let running = window.slot.try_lock().is_err();
     if running {
         window.canceller.cancel().await?;
@@ -205,14 +241,19 @@ impl LeaseHolder for WindowHolder {
 }
 
 /// Runs a console request in a window, one request at a time.
-pub async fn run(state: &SharedState, id: &str, req: SqlRequest) -> Result<Response> {
-    let window = state.sessions.get(id)?;
-    let mut guard = window.slot.clone().lock_owned().await;
-    let Some(lease) = guard.as_mut() else {
+pub async fn run(
+    state: &SharedState,
+    caller: &Caller,
+    id: &str,
+    req: SqlRequest,
+) -> Result<Response> {
+    let window = state.sessions.get_for(id, caller)?;
+    let mut slot = window.slot.clone().lock_owned().await;
+    let Some(lease) = slot.as_mut() else {
         return Err(not_found(id));
     };
     if let Some(reason) = lease.revoked() {
-        drop(guard);
+        drop(slot);
         let _ = close_now(state, id, "revoked by a policy");
         return Err(Error::Cancelled(format!(
             "SQL window {id} was closed by a policy: {reason}"
@@ -220,14 +261,31 @@ pub async fn run(state: &SharedState, id: &str, req: SqlRequest) -> Result<Respo
     }
     let engine = lease.pool().connector().engine();
     let (statements, limit) = console::plan(state, engine, &req)?;
+    let guard = Guard::new(
+        state,
+        caller,
+        &window.instance,
+        window.database.as_deref(),
+        engine,
+        "session",
+    )
+    .await?;
+    let statements = guard.admit_all(&statements).await?;
     window.touch();
     window.statements.fetch_add(
         statements.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
     let response = if req.format == Format::Json {
-        let results =
-            console::run_interactive(state, lease, statements, limit, req.continue_on_error).await;
+        let results = console::run_interactive(
+            state,
+            lease,
+            &guard,
+            statements,
+            limit,
+            req.continue_on_error,
+        )
+        .await;
         let in_transaction = lease.connection().in_transaction();
         axum::Json(ScriptResult {
             results,
@@ -236,9 +294,19 @@ pub async fn run(state: &SharedState, id: &str, req: SqlRequest) -> Result<Respo
         })
         .into_response()
     } else {
-        let sql = statements.into_iter().next().unwrap_or_default();
-        console::stream_statement(state.clone(), WindowHolder(guard), sql, req.format, limit)
-            .await?
+        let admitted = statements
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidInput("no SQL statement given".into()))?;
+        console::stream_statement(
+            state.clone(),
+            WindowHolder(slot),
+            guard,
+            admitted,
+            req.format,
+            limit,
+        )
+        .await?
     };
     window.touch();
     Ok(response)

@@ -8,10 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_core::{Error, Result};
 use ferry_meta::{MetaStore, TransferRecord, now_ms};
-use ferry_move::{ExportSpec, Progress, TransferSpec, WatermarkStore, run_export, run_transfer};
+use ferry_move::{
+    ExportSpec, Progress, SourceSpec, TransferSpec, WatermarkStore, run_export, run_transfer,
+};
 use serde::Serialize;
 
 use crate::SharedState;
+use crate::guard::Guard;
+use crate::rbac::{Caller, Permission, Resource};
 
 /// Transfers running on this node.
 #[derive(Default)]
@@ -120,25 +124,160 @@ enum JobSpec {
     Export(ExportSpec),
 }
 
+/// A transfer or export the caller may see (administrators see all; others' are "not found").
+pub async fn get_for(state: &SharedState, caller: &Caller, id: &str) -> Result<TransferRecord> {
+    let rec = get(state, id).await?;
+    if !crate::auth::owns(state, caller, "transfer", id).await? {
+        return Err(Error::NotFound(format!(
+            "transfer {id} does not exist; list them with `ferry transfer list`"
+        )));
+    }
+    Ok(rec)
+}
+
+/// Whether a URL is on the server's own disk (not object storage).
+fn is_local(url: &str) -> bool {
+    ![
+        "s3://", "s3a://", "az://", "azure://", "abfs://", "gs://", "http://", "https://",
+    ]
+    .iter()
+    .any(|p| url.starts_with(p))
+}
+
+/// Files on the server's own disk are the server's: reading or writing them needs the
+/// `instances` permission; object storage needs only the grants on the database side.
+pub fn authorize_location(caller: &Caller, url: &str) -> Result<()> {
+    if is_local(url) {
+        caller
+            .require(Permission::Instances, &Resource::Server)
+            .map_err(|e| e.context(format!("{url} is on the server's own disk")))?;
+    }
+    Ok(())
+}
+
+/// Checks that the caller may read a source: a table (`read`), a query (every statement a
+/// read they may run), a row filter (a read), and that nothing masked for them would leave.
+pub async fn authorize_source(
+    state: &SharedState,
+    caller: &Caller,
+    source: &SourceSpec,
+    filter: Option<&str>,
+    origin: &'static str,
+) -> Result<()> {
+    let (instance, database, sql) = match source {
+        SourceSpec::Files { url, .. } => return authorize_location(caller, url),
+        SourceSpec::Table(e) => {
+            let table = match &e.schema {
+                Some(s) => format!("{s}.{}", e.table),
+                None => e.table.clone(),
+            };
+            (
+                &e.instance,
+                e.database.as_deref(),
+                format!("SELECT * FROM {table}"),
+            )
+        }
+        SourceSpec::Query {
+            instance,
+            database,
+            sql,
+        } => (instance, database.as_deref(), sql.clone()),
+    };
+    crate::auth::require_instance(state, caller, Permission::Read, instance, database).await?;
+    let pool = state.pool(instance).await?;
+    let engine = pool.connector().engine();
+    let guard = Guard::new(state, caller, instance, database, engine, origin).await?;
+    let mut checked = vec![sql.clone()];
+    if let Some(f) = filter {
+        checked.push(format!("SELECT 1 WHERE {f}"));
+    }
+    for admitted in guard.admit_all(&checked).await? {
+        if admitted.class != ferry_guard::StatementClass::Read {
+            return Err(Error::PermissionDenied(format!(
+                "a source query or row filter must only read; this one is {}: {}",
+                admitted.class.as_str(),
+                admitted.sql
+            )));
+        }
+    }
+    if guard.masks_apply() && engine != ferry_core::Engine::Redis {
+        let mut lease = pool
+            .acquire(ferry_core::Feature::System, database, "masking check")
+            .await?;
+        if guard.mask_plan(lease.conn(), &sql).await?.is_some() {
+            return Err(Error::PermissionDenied(format!(
+                "{} holds columns masked for user \"{}\": a user with the unmask permission can copy or export them; otherwise copy a query that leaves them out",
+                source.display(),
+                caller.user
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the spec and the instances, records the job and starts it.
-pub async fn submit(state: &SharedState, spec: TransferSpec) -> Result<TransferDto> {
+pub async fn submit(
+    state: &SharedState,
+    caller: &Caller,
+    spec: TransferSpec,
+) -> Result<TransferDto> {
     spec.validate()?;
+    authorize_source(
+        state,
+        caller,
+        &spec.source,
+        spec.filter.as_deref(),
+        "transfer",
+    )
+    .await?;
+    let wanted = if spec.create {
+        Permission::Ddl
+    } else {
+        Permission::Write
+    };
+    crate::auth::require_instance(
+        state,
+        caller,
+        wanted,
+        &spec.target.instance,
+        spec.target.database.as_deref(),
+    )
+    .await
+    .map_err(|e| e.context(format!("writing {}", spec.target.display())))?;
     let source = match spec.source.instance() {
         Some(name) => Some(state.pool(name).await?),
         None => None,
     };
     let target = state.pool(&spec.target.instance).await?;
     let job = JobSpec::Transfer(spec.clone());
-    spawn_job(state, &job, move |progress, watermarks| async move {
-        let report = run_transfer(&spec, source, target, &watermarks, progress).await?;
-        Ok((report.rows, serde_json::to_string(&report).ok()))
-    })
+    spawn_job(
+        state,
+        caller,
+        &job,
+        move |progress, watermarks| async move {
+            let report = run_transfer(&spec, source, target, &watermarks, progress).await?;
+            Ok((report.rows, serde_json::to_string(&report).ok()))
+        },
+    )
     .await
 }
 
 /// Checks an export spec and starts it as a job.
-pub async fn submit_export(state: &SharedState, spec: ExportSpec) -> Result<TransferDto> {
+pub async fn submit_export(
+    state: &SharedState,
+    caller: &Caller,
+    spec: ExportSpec,
+) -> Result<TransferDto> {
     spec.validate()?;
+    authorize_source(
+        state,
+        caller,
+        &spec.source,
+        spec.filter.as_deref(),
+        "export",
+    )
+    .await?;
+    authorize_location(caller, &spec.url)?;
     let instance = spec
         .source
         .instance()
@@ -147,7 +286,7 @@ pub async fn submit_export(state: &SharedState, spec: ExportSpec) -> Result<Tran
     // Opening the location checks the URL and options before the job starts.
     ferry_move::files::open_location(&spec.url, &spec.options)?;
     let job = JobSpec::Export(spec.clone());
-    spawn_job(state, &job, move |progress, _| async move {
+    spawn_job(state, caller, &job, move |progress, _| async move {
         let report = run_export(&spec, pool, progress).await?;
         Ok((report.rows, serde_json::to_string(&report).ok()))
     })
@@ -155,7 +294,12 @@ pub async fn submit_export(state: &SharedState, spec: ExportSpec) -> Result<Tran
 }
 
 /// Records a job and runs `work` in the background, reporting progress every half second.
-async fn spawn_job<F, Fut>(state: &SharedState, job: &JobSpec, work: F) -> Result<TransferDto>
+async fn spawn_job<F, Fut>(
+    state: &SharedState,
+    caller: &Caller,
+    job: &JobSpec,
+    work: F,
+) -> Result<TransferDto>
 where
     F: FnOnce(Arc<Progress>, StoreWatermarks) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(u64, Option<String>)>> + Send,
@@ -174,6 +318,10 @@ where
         finished_at_ms: None,
     };
     state.meta.insert_transfer(&rec).await?;
+    state
+        .meta
+        .set_owner("transfer", &rec.id, &caller.user)
+        .await?;
     let task_state = state.clone();
     let mut task_rec = rec.clone();
     let mut running = lock(&state.transfers.running);

@@ -6,6 +6,8 @@
 //! `FERRY_TEST_S3` (an S3-compatible endpoint) and `FERRY_TEST_AZURE` (Azurite), defaulting to
 //! the loopback servers `scripts/test` starts.
 
+pub mod fuzz;
+
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 

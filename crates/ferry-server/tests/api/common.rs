@@ -41,9 +41,21 @@ fn capture_logs() {
     });
 }
 
-pub struct TestServer {
+/// The first administrator's password on test servers.
+pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+/// The password of users the tests create.
+pub const USER_PASSWORD: &str = "test-user-password-1";
+
+/// An HTTP client signed in as one user.
+#[derive(Clone)]
+pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
+}
+
+pub struct TestServer {
+    /// Signed in as the first administrator.
+    pub client: Client,
     pub state: SharedState,
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -64,6 +76,7 @@ impl TestServer {
             policy_interval: Duration::from_millis(100),
             ..ServerConfig::default()
         };
+        config.admin_password = Some(ADMIN_PASSWORD.into());
         adjust(&mut config);
         let server = ferry_server::bind(config).await.unwrap();
         let base = format!("http://{}", server.local_addr());
@@ -77,14 +90,26 @@ impl TestServer {
                 .await
                 .unwrap();
         });
+        let client = Client::login(&base, "admin", ADMIN_PASSWORD).await;
         TestServer {
-            base,
-            http: reqwest::Client::new(),
+            client,
             state,
             dir,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Creates a user with roles and grants and signs them in.
+    pub async fn user(&self, name: &str, roles: &[&str], grants: &[&str]) -> Client {
+        let (status, v) = self
+            .post(
+                "/api/v1/users",
+                json!({ "name": name, "password": USER_PASSWORD, "roles": roles, "grants": grants }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "creating user {name}: {v}");
+        Client::login(&self.base, name, USER_PASSWORD).await
     }
 
     /// Stops serving and waits for the server to finish.
@@ -95,6 +120,53 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Client {
+    /// Signs in with a password and keeps the token for every request.
+    pub async fn login(base: &str, user: &str, password: &str) -> Client {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({ "user": user, "password": password, "name": "tests" }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "login as {user}: {v}");
+        let token = v["token"].as_str().unwrap().to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Client {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Self::answer(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {

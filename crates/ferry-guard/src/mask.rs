@@ -110,8 +110,11 @@ pub fn referenced_tables(engine: Engine, sql: &str) -> Result<Vec<Vec<String>>> 
 /// The mask of each output column of one query, resolved through the catalog:
 /// `catalog(parts)` returns a table's columns in order, or `None` if it does not know the
 /// table. A query the planner cannot prove safe while masked columns are in play is refused
-/// with `PermissionDenied`; a query that reads no masked column gets an empty plan and is
-/// never refused.
+/// with `PermissionDenied`; a query that reads no masked column gets an empty plan and is not
+/// refused — unless it calls a function that reads tables or SQL named in text (`dblink`,
+/// `table_to_xml`, …) or reads planner statistics (`pg_stats`, …), whose sources cannot be
+/// seen and which are refused whatever the catalog says. EXPLAIN and DESCRIBE show no row
+/// values and get an empty plan. Text that does not parse is `InvalidInput`.
 pub fn plan_masking(
     engine: Engine,
     sql: &str,
@@ -126,6 +129,7 @@ pub fn plan_masking(
         ctes: Vec::new(),
         masked_names: HashSet::new(),
         masked_summary: Vec::new(),
+        budget: PLANNING_BUDGET,
     };
     let found = collect(&statements);
     if let Some(f) = found.functions.iter().find(|f| reads_by_name(f)) {
@@ -483,7 +487,13 @@ struct Planner<'c> {
     /// subqueries): an unresolvable reference to one counts as masked.
     masked_names: HashSet<String>,
     masked_summary: Vec<String>,
+    /// Queries still allowed to be planned: recursive CTEs are planned until their masks
+    /// settle, so nesting them multiplies the work.
+    budget: usize,
 }
+
+/// How many (sub)queries one plan may plan, counting re-plans of recursive CTEs.
+const PLANNING_BUDGET: usize = 10_000;
 
 impl Planner<'_> {
     fn lookup(&mut self, parts: &[String]) -> Option<Vec<ColumnInfo>> {
@@ -514,6 +524,9 @@ impl Planner<'_> {
     }
 
     fn query(&mut self, query: &Query, outer: &[&Scope]) -> Result<Vec<Col>> {
+        self.budget = self.budget.checked_sub(1).ok_or_else(|| {
+            self.refuse("the query is too complex to follow (nested recursive CTEs)".into())
+        })?;
         if !query.pipe_operators.is_empty() {
             return Err(self.refuse("the query uses pipe operators".into()));
         }

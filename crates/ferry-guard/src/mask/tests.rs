@@ -155,6 +155,22 @@ fn ctes_shadow_tables_only_in_their_scope() {
 }
 
 #[test]
+fn recursive_ctes_settle_and_stay_bounded() {
+    check(
+        "with recursive a(n, p) as (select 1, name from users union all select n + 1, upper(p) from a) select p from a",
+        ".",
+    );
+    check(
+        "with recursive a(n, p) as (select 1, name from users union all select n + 1, phone from a, users) select p from a",
+        "4",
+    );
+    check(
+        "with recursive a(p) as (select phone from users union all select s.q from (with recursive b(q) as (select p from a union all select upper(q) from b) select q from b) s) select p from a",
+        "*",
+    );
+}
+
+#[test]
 fn set_operations_mask_a_position_if_any_branch_does() {
     check("select phone from users union select 'x' from orders", "4");
     check(

@@ -772,7 +772,10 @@ params = { instance = "pg", sql = "select 42 as answer" }
     .await;
     let id = start(&server, "streamed", json!({})).await;
     // Opened while the run is going; the response ends with the run.
-    let body = reqwest::get(format!("{}/api/v1/runs/{id}/logs/stream", server.base))
+    let body = server
+        .http
+        .get(format!("{}/api/v1/runs/{id}/logs/stream", server.base))
+        .send()
         .await
         .unwrap();
     assert_eq!(

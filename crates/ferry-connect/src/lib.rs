@@ -15,6 +15,7 @@ pub mod redis;
 pub mod registry;
 pub mod script;
 pub mod sqlite;
+pub mod tls;
 pub mod write;
 
 use std::pin::Pin;

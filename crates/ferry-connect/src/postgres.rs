@@ -10,8 +10,10 @@ use arrow::datatypes::{DataType, TimeUnit};
 use async_trait::async_trait;
 use ferry_core::{ConnectionUrl, Engine, Error, Result};
 use futures::StreamExt;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::Type;
-use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::arrow_text::{BinaryText, TextBatchBuilder, unique_schema};
 use crate::write::WriteTarget;
@@ -21,24 +23,52 @@ use crate::{
 };
 
 pub fn connector(url: &ConnectionUrl, options: &ConnectOptions) -> Result<Arc<dyn Connector>> {
-    let config: tokio_postgres::Config =
-        url.expose().parse().map_err(|e: tokio_postgres::Error| {
+    let (plain, settings) = crate::tls::split_url(url.expose())?;
+    let mut config: tokio_postgres::Config =
+        plain.parse().map_err(|e: tokio_postgres::Error| {
             Error::InvalidInput(format!(
                 "malformed PostgreSQL URL {}: {}",
                 url.redacted(),
                 crate::scrub(&e.to_string(), url)
             ))
         })?;
+    let tls = crate::tls::client_config(&settings)?.map(MakeRustlsConnect::new);
+    config.ssl_mode(if tls.is_some() {
+        tokio_postgres::config::SslMode::Require
+    } else {
+        tokio_postgres::config::SslMode::Disable
+    });
     Ok(Arc::new(PostgresConnector {
         url: url.clone(),
         config,
+        tls,
         options: options.clone(),
     }))
+}
+
+/// Connects with or without TLS and drives the connection in a task of its own.
+async fn open<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> std::result::Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
 }
 
 struct PostgresConnector {
     url: ConnectionUrl,
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks; `None` for plain TCP.
+    tls: Option<MakeRustlsConnect>,
     options: ConnectOptions,
 }
 
@@ -60,8 +90,13 @@ impl Connector for PostgresConnector {
             "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres",
         );
         let hosts = describe_hosts(&config);
-        let connecting = config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(self.options.connect_timeout, connecting)
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => open(&config, tls.clone()).await,
+                None => open(&config, NoTls).await,
+            }
+        };
+        let client = tokio::time::timeout(self.options.connect_timeout, connecting)
             .await
             .map_err(|_| {
                 Error::Connection(format!(
@@ -70,18 +105,13 @@ impl Connector for PostgresConnector {
                 ))
             })?
             .map_err(|e| Error::Connection(format!("could not connect to PostgreSQL at {hosts}: {}", self.describe(&e))))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
-            }
-        });
         let pid = client
             .query_one("select pg_backend_pid()", &[])
             .await
             .map_err(|e| Error::Connection(self.describe(&e)))?
             .get::<_, i32>(0);
         Ok(Box::new(PostgresConnection {
-            cancel: Arc::new(PgCanceller(client.cancel_token())),
+            cancel: Arc::new(PgCanceller(client.cancel_token(), self.tls.clone())),
             client,
             pid,
             in_transaction: false,
@@ -162,12 +192,16 @@ fn statement_error(e: tokio_postgres::Error) -> Error {
     }
 }
 
-struct PgCanceller(CancelToken);
+struct PgCanceller(CancelToken, Option<MakeRustlsConnect>);
 
 #[async_trait]
 impl Canceller for PgCanceller {
     async fn cancel(&self) -> Result<()> {
-        self.0.cancel_query(NoTls).await.map_err(|e| {
+        let sent = match &self.1 {
+            Some(tls) => self.0.cancel_query(tls.clone()).await,
+            None => self.0.cancel_query(NoTls).await,
+        };
+        sent.map_err(|e| {
             Error::Connection(format!(
                 "could not send the cancel request to PostgreSQL: {e}"
             ))

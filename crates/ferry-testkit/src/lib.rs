@@ -52,6 +52,19 @@ pub fn postgres() -> Option<String> {
     locate("PostgreSQL", "FERRY_TEST_PG", DEFAULT_PG)
 }
 
+/// The TLS-only PostgreSQL server (`scripts/test` starts it on 5433, with a certificate for
+/// `localhost`): its URL without TLS settings and the CA file that signed its certificate.
+pub fn postgres_tls() -> Option<(String, String)> {
+    let url = locate(
+        "PostgreSQL with TLS",
+        "FERRY_TEST_PG_TLS",
+        "postgres://postgres@127.0.0.1:5433/postgres",
+    )?;
+    let ca = std::env::var("FERRY_TEST_PG_TLS_CA")
+        .unwrap_or_else(|_| "/var/tmp/ferry-pgtls/certs/ca.pem".to_string());
+    Some((url, ca))
+}
+
 /// The MySQL/MariaDB server for tests, if reachable.
 pub fn mysql() -> Option<String> {
     locate("MySQL/MariaDB", "FERRY_TEST_MYSQL", DEFAULT_MYSQL)

@@ -812,3 +812,63 @@ async fn a_flow_runs_with_its_owners_grants_checked_at_save_and_at_each_run() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn instances_connect_over_tls_as_their_sslmode_says() {
+    let server = TestServer::start().await;
+    let Some((url, ca)) = ferry_testkit::postgres_tls() else {
+        return;
+    };
+    let with = |host: &str, query: &str| url.replace("127.0.0.1", host) + query;
+    // The server accepts only TLS: without it the connection is refused with its reason.
+    let (s, v) = server
+        .post(
+            "/api/v1/instances",
+            json!({ "name": "plain", "url": with("127.0.0.1", "") }),
+        )
+        .await;
+    assert!(!s.is_success(), "{v}");
+    assert!(message(&v).contains("no encryption"), "{v}");
+    let ca_q = format!("&sslrootcert={ca}");
+    for (name, u) in [
+        ("req", with("127.0.0.1", "?sslmode=require")),
+        (
+            "ca",
+            with("127.0.0.1", &format!("?sslmode=verify-ca{ca_q}")),
+        ),
+        (
+            "full",
+            with("localhost", &format!("?sslmode=verify-full{ca_q}")),
+        ),
+    ] {
+        let (s, v) = server
+            .post("/api/v1/instances", json!({ "name": name, "url": u }))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{name}: {v}");
+        let rows = server
+            .rows(
+                name,
+                "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()",
+            )
+            .await;
+        assert_eq!(rows[0]["ssl"], true, "{name}: {rows:?}");
+        assert!(
+            rows[0]["version"].as_str().unwrap().starts_with("TLS"),
+            "{rows:?}"
+        );
+    }
+    // verify-full checks the name: the certificate is for localhost, not 127.0.0.1.
+    let (s, v) = server
+        .post("/api/v1/instances", json!({ "name": "wrong-name", "url": with("127.0.0.1", &format!("?sslmode=verify-full{ca_q}")) }))
+        .await;
+    assert!(!s.is_success(), "{v}");
+    assert!(message(&v).to_lowercase().contains("certificate"), "{v}");
+    // verify-full against the system's roots does not trust a private CA.
+    let (s, v) = server
+        .post(
+            "/api/v1/instances",
+            json!({ "name": "untrusted", "url": with("localhost", "?sslmode=verify-full") }),
+        )
+        .await;
+    assert!(!s.is_success(), "{v}");
+}

@@ -257,13 +257,16 @@ async fn run_guarded(
     admitted: &Admitted,
     limit: Option<usize>,
 ) -> Result<Outcome> {
-    let plan = guard.mask_plan(lease.conn(), &admitted.sql).await?;
+    let check = guard.mask_plan(lease.conn(), &admitted.sql).await?;
+    let plan = check.plan.as_ref();
     let limit = match (limit, admitted.row_cap) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     let Some(cap) = admitted.affected_cap else {
-        return run_one(lease, &admitted.sql, limit, plan.as_ref(), guard).await;
+        return run_one(lease, &admitted.sql, limit, plan, guard)
+            .await
+            .map_err(|e| check.shown(e));
     };
     let nested = lease.connection().in_transaction();
     let (open, keep, undo) = if nested {
@@ -276,7 +279,9 @@ async fn run_guarded(
         ("BEGIN", "COMMIT", "ROLLBACK")
     };
     lease.conn().run(open).await?;
-    let outcome = run_one(lease, &admitted.sql, limit, plan.as_ref(), guard).await;
+    let outcome = run_one(lease, &admitted.sql, limit, plan, guard)
+        .await
+        .map_err(|e| check.shown(e));
     match outcome {
         Ok(Outcome::Affected(n)) if n > cap => {
             lease.conn().run(undo).await?;
@@ -384,8 +389,8 @@ pub async fn stream_statement<H: LeaseHolder>(
         let lease = holder.lease();
         let instance = lease.pool().name().to_string();
         let started = Instant::now();
-        let plan = match guard.mask_plan(lease.conn(), &sql).await {
-            Ok(p) => p,
+        let check = match guard.mask_plan(lease.conn(), &sql).await {
+            Ok(c) => c,
             Err(e) => {
                 guard
                     .finish(&admitted, None, started.elapsed(), Some(&e))
@@ -395,6 +400,7 @@ pub async fn stream_statement<H: LeaseHolder>(
             }
         };
         let masker = guard.masker();
+        let plan = check.plan.as_ref();
         let watch = lease.watch_runtime(max_runtime(lease), "console statement");
         let canceller = lease.conn().canceller();
         let (pool, revocation) = (lease.pool().clone(), lease.revocation());
@@ -412,7 +418,7 @@ pub async fn stream_statement<H: LeaseHolder>(
         };
         let (schema, mut batches) = match output {
             Err(e) => {
-                let e = explain(e, &watch, &pool, &revocation);
+                let e = check.shown(explain(e, &watch, &pool, &revocation));
                 state.metrics.statement(&instance, false, started.elapsed());
                 guard
                     .finish(&admitted, None, started.elapsed(), Some(&e))
@@ -430,7 +436,7 @@ pub async fn stream_statement<H: LeaseHolder>(
             }
             Ok(StatementOutput::Rows { schema, batches }) => (schema, batches),
         };
-        let schema = match &plan {
+        let schema = match plan {
             Some(plan) => match guard::masked_schema(plan, &schema) {
                 Ok(s) => s,
                 Err(e) => {
@@ -452,10 +458,11 @@ pub async fn stream_statement<H: LeaseHolder>(
             }
         };
         let mask = |b: Result<RecordBatch>| -> Result<RecordBatch> {
-            match &plan {
+            match plan {
                 Some(plan) => guard::apply_mask(&masker, plan, &b?),
                 None => b,
             }
+            .map_err(|e| check.shown(e))
         };
         // Wait for the first rows, so that errors before them (a cancelled or failing statement)
         // still get an ordinary error response.

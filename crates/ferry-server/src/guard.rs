@@ -133,6 +133,26 @@ pub struct Admitted {
     pub affected_cap: Option<u64>,
 }
 
+/// What masking asks of one statement.
+#[derive(Debug, Default)]
+pub struct MaskCheck {
+    pub plan: Option<MaskPlan>,
+    pub sensitive: bool,
+}
+
+impl MaskCheck {
+    /// The error to show: a database's own message is hidden when the statement touches masked
+    /// columns, since messages can quote values (`invalid input syntax for type integer: "…"`).
+    pub fn shown(&self, e: Error) -> Error {
+        match e {
+            Error::Engine(_) if self.sensitive => Error::Engine(
+                "the statement failed; the database's message is hidden because the statement reads masked columns (a user with the unmask permission sees it)".into(),
+            ),
+            other => other,
+        }
+    }
+}
+
 /// What one caller may do on one instance (and database), for one origin of statements.
 pub struct Guard {
     pub state: SharedState,
@@ -395,14 +415,12 @@ impl Guard {
     }
 
     /// The masking plan of a query, reading the columns of the tables it touches through
-    /// `conn`. `None` when nothing is masked. Refuses what cannot be proven safe.
-    pub async fn mask_plan(
-        &self,
-        conn: &mut dyn Connection,
-        sql: &str,
-    ) -> Result<Option<MaskPlan>> {
+    /// `conn`: `plan` is `None` when no output is masked; `sensitive` says whether the query
+    /// touches a masked column at all (then the database's error text, which can quote
+    /// values, is hidden). Refuses what cannot be proven safe.
+    pub async fn mask_plan(&self, conn: &mut dyn Connection, sql: &str) -> Result<MaskCheck> {
         if self.masks.is_empty() || self.engine == Engine::Redis {
-            return Ok(None);
+            return Ok(MaskCheck::default());
         }
         let tables = ferry_guard::referenced_tables(self.engine, sql)?;
         let mut catalog: Vec<(Vec<String>, Vec<ColumnInfo>)> = Vec::new();
@@ -434,8 +452,14 @@ impl Guard {
                 .find(|(p, _)| p.as_slice() == parts)
                 .map(|(_, c)| c.clone())
         };
+        let sensitive = catalog
+            .iter()
+            .any(|(_, cols)| cols.iter().any(|c| c.mask.is_some()));
         let plan = ferry_guard::plan_masking(self.engine, sql, &lookup)?;
-        Ok((!plan.is_empty()).then_some(plan))
+        Ok(MaskCheck {
+            plan: (!plan.is_empty()).then_some(plan),
+            sensitive,
+        })
     }
 
     fn mask_of(&self, table: &[String], column: &str) -> Option<MaskAlgorithm> {

@@ -258,9 +258,15 @@ async fn execute(
     let relative = format!("queries/{}.arrow", rec.id);
     let path = state.config.data_dir.join(&relative);
     let partial = path.with_extension("arrow.part");
-    let plan = guard.mask_plan(lease.conn(), &rec.sql).await?;
+    let check = guard.mask_plan(lease.conn(), &rec.sql).await?;
     let masker = guard.masker();
-    let (schema, mut batches) = match lease.conn().run(&rec.sql).await? {
+    let output = lease
+        .conn()
+        .run(&rec.sql)
+        .await
+        .map_err(|e| check.shown(e))?;
+    let plan = check.plan;
+    let (schema, mut batches) = match output {
         StatementOutput::Rows { schema, batches } => (schema, batches),
         StatementOutput::Affected(n) => {
             return Err(Error::InvalidInput(format!(

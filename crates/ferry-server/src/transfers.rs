@@ -204,7 +204,7 @@ pub async fn authorize_source(
         let mut lease = pool
             .acquire(ferry_core::Feature::System, database, "masking check")
             .await?;
-        if guard.mask_plan(lease.conn(), &sql).await?.is_some() {
+        if guard.mask_plan(lease.conn(), &sql).await?.plan.is_some() {
             return Err(Error::PermissionDenied(format!(
                 "{} holds columns masked for user \"{}\": a user with the unmask permission can copy or export them; otherwise copy a query that leaves them out",
                 source.display(),

@@ -361,28 +361,7 @@ pub async fn authorize_node(
                 *sql = with_placeholders(spec, sql);
             }
             t.filter = t.filter.map(|f| with_placeholders(spec, &f));
-            crate::transfers::authorize_source(
-                state,
-                caller,
-                &t.source,
-                t.filter.as_deref(),
-                "flow",
-            )
-            .await?;
-            let wanted = if t.create {
-                Permission::Ddl
-            } else {
-                Permission::Write
-            };
-            crate::auth::require_instance(
-                state,
-                caller,
-                wanted,
-                &t.target.instance,
-                t.target.database.as_deref(),
-            )
-            .await
-            .map(|_| ())
+            crate::transfers::authorize_transfer(state, caller, &t, "flow").await
         }
         "export" => {
             let mut e: ferry_move::ExportSpec =

@@ -215,21 +215,15 @@ pub async fn authorize_source(
     Ok(())
 }
 
-/// Checks the spec and the instances, records the job and starts it.
-pub async fn submit(
+/// Checks that the caller may read a transfer's source and write its target (`ddl` when it
+/// creates the table).
+pub async fn authorize_transfer(
     state: &SharedState,
     caller: &Caller,
-    spec: TransferSpec,
-) -> Result<TransferDto> {
-    spec.validate()?;
-    authorize_source(
-        state,
-        caller,
-        &spec.source,
-        spec.filter.as_deref(),
-        "transfer",
-    )
-    .await?;
+    spec: &TransferSpec,
+    origin: &'static str,
+) -> Result<()> {
+    authorize_source(state, caller, &spec.source, spec.filter.as_deref(), origin).await?;
     let wanted = if spec.create {
         Permission::Ddl
     } else {
@@ -243,7 +237,18 @@ pub async fn submit(
         spec.target.database.as_deref(),
     )
     .await
-    .map_err(|e| e.context(format!("writing {}", spec.target.display())))?;
+    .map(|_| ())
+    .map_err(|e| e.context(format!("writing {}", spec.target.display())))
+}
+
+/// Checks the spec and the instances, records the job and starts it.
+pub async fn submit(
+    state: &SharedState,
+    caller: &Caller,
+    spec: TransferSpec,
+) -> Result<TransferDto> {
+    spec.validate()?;
+    authorize_transfer(state, caller, &spec, "transfer").await?;
     let source = match spec.source.instance() {
         Some(name) => Some(state.pool(name).await?),
         None => None,

@@ -65,6 +65,19 @@ pub fn postgres_tls() -> Option<(String, String)> {
     Some((url, ca))
 }
 
+/// The TLS-only MariaDB (`scripts/test` starts it on 3307 with the same test certificate): its
+/// URL without TLS settings and the CA file.
+pub fn mysql_tls() -> Option<(String, String)> {
+    let url = locate(
+        "MariaDB with TLS",
+        "FERRY_TEST_MYSQL_TLS",
+        "mysql://root@127.0.0.1:3307/test",
+    )?;
+    let ca = std::env::var("FERRY_TEST_PG_TLS_CA")
+        .unwrap_or_else(|_| "/var/tmp/ferry-pgtls/certs/ca.pem".to_string());
+    Some((url, ca))
+}
+
 /// The MySQL/MariaDB server for tests, if reachable.
 pub fn mysql() -> Option<String> {
     locate("MySQL/MariaDB", "FERRY_TEST_MYSQL", DEFAULT_MYSQL)

@@ -875,3 +875,52 @@ async fn instances_connect_over_tls_as_their_sslmode_says() {
         .await;
     assert!(!s.is_success(), "{v}");
 }
+
+#[tokio::test]
+async fn mysql_instances_connect_over_tls_as_their_ssl_mode_says() {
+    let server = TestServer::start().await;
+    let Some((url, ca)) = ferry_testkit::mysql_tls() else {
+        return;
+    };
+    let with = |host: &str, query: &str| url.replace("127.0.0.1", host) + query;
+    let (s, v) = server
+        .post(
+            "/api/v1/instances",
+            json!({ "name": "plain", "url": with("127.0.0.1", "?ssl-mode=DISABLED") }),
+        )
+        .await;
+    assert!(!s.is_success(), "the server requires TLS: {v}");
+    let ca_q = format!("&ssl-ca={ca}");
+    for (name, u) in [
+        ("req", with("127.0.0.1", "?ssl-mode=REQUIRED")),
+        (
+            "ca",
+            with("127.0.0.1", &format!("?ssl-mode=VERIFY_CA{ca_q}")),
+        ),
+        (
+            "full",
+            with("localhost", &format!("?ssl-mode=VERIFY_IDENTITY{ca_q}")),
+        ),
+    ] {
+        let (s, v) = server
+            .post("/api/v1/instances", json!({ "name": name, "url": u }))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{name}: {v}");
+        let rows = server.rows(name, "show status like 'Ssl_version'").await;
+        let version = rows[0]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(version.contains("TLS"), "{name}: {rows:?}");
+    }
+    let (s, v) = server
+        .post("/api/v1/instances", json!({ "name": "wrong-name", "url": with("127.0.0.1", &format!("?ssl-mode=VERIFY_IDENTITY{ca_q}")) }))
+        .await;
+    assert!(
+        !s.is_success(),
+        "the certificate names localhost, not 127.0.0.1: {v}"
+    );
+}

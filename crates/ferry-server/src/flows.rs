@@ -325,6 +325,22 @@ async fn authorize_sql(
             )));
         }
     }
+    // A node's results reach logs, variables and notifications unmasked: an owner without
+    // `unmask` may not touch masked columns in a flow at all.
+    if guard.masks_apply() {
+        let pool = state.pool(instance).await?;
+        let mut lease = pool
+            .acquire(ferry_core::Feature::System, database, "masking check")
+            .await?;
+        for sql in &statements {
+            if guard.mask_plan(lease.conn(), sql).await?.sensitive {
+                return Err(Error::PermissionDenied(format!(
+                    "{sql}: reads columns masked for user \"{}\", and a flow's results are not masked; a user with the unmask permission can own this flow",
+                    caller.user
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

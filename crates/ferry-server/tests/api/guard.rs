@@ -456,6 +456,30 @@ async fn a_viewer_sees_masked_phones_however_the_query_is_written() {
     )
     .await;
     assert_eq!(v["results"][0]["rows"][0]["phone"], "+1-555-0100");
+    // A flow's results are not masked: a developer cannot make one read a masked column.
+    let flow = |sql: &str| {
+        json!({ "spec": { "name": "leak", "nodes": [{ "id": "read", "kind": "sql",
+            "params": { "instance": "crm", "sql": sql, "output": ["p"] } }] } })
+    };
+    let (s, v) = dev
+        .post(
+            "/api/v1/flows",
+            flow("select phone as p from customers limit 1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("masked"), "{v}");
+    let (s, v) = dev
+        .post(
+            "/api/v1/flows",
+            flow("select name as p from orders o join customers c on c.id = o.customer_id limit 1"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = dev
+        .post("/api/v1/flows", flow("select count(*) as p from orders"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
 }
 
 #[tokio::test]

@@ -181,10 +181,30 @@ async fn remove_stale(location: &Location, written: &Path, format: FileFormat) -
 }
 
 /// Runs an export from an instance's pool.
+/// A change made to every batch before it is written (the server masks columns with it).
+pub trait BatchMapper: Send + Sync {
+    /// The schema the mapped batches have.
+    fn schema(&self, source: &arrow::datatypes::SchemaRef) -> Result<arrow::datatypes::SchemaRef>;
+    fn map(&self, batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch>;
+    /// Whether column `index` comes out unchanged (only such a column may name partitions,
+    /// since partition paths are written in clear).
+    fn keeps(&self, index: usize) -> bool;
+}
+
 pub async fn run_export(
     spec: &ExportSpec,
     pool: Arc<InstancePool>,
     progress: Arc<Progress>,
+) -> Result<ExportReport> {
+    run_export_mapped(spec, pool, progress, None).await
+}
+
+/// An export whose batches go through `mapper` before they are written.
+pub async fn run_export_mapped(
+    spec: &ExportSpec,
+    pool: Arc<InstancePool>,
+    progress: Arc<Progress>,
+    mapper: Option<Arc<dyn BatchMapper>>,
 ) -> Result<ExportReport> {
     spec.validate()?;
     let started = Instant::now();
@@ -219,6 +239,19 @@ pub async fn run_export(
         })?),
         None => None,
     };
+    let source_schema = schema.clone();
+    let schema = match &mapper {
+        Some(m) => {
+            if let Some(c) = column.filter(|c| !m.keeps(*c)) {
+                return Err(Error::PermissionDenied(format!(
+                    "the partition column \"{}\" is masked for you, and partition paths would show it in clear",
+                    source_schema.field(c).name()
+                )));
+            }
+            m.schema(&schema)?
+        }
+        None => schema,
+    };
     let fixed_day = spec.bizdate()?;
     let mut files = Vec::new();
     let mut current: Option<(String, FileSink)> = None;
@@ -239,6 +272,10 @@ pub async fn run_export(
                     vec![render_template(t, fixed_day, &spec.variables)?; batch.num_rows()]
                 }
                 (None, _) => vec![String::new(); batch.num_rows()],
+            };
+            let batch = match &mapper {
+                Some(m) => m.map(batch)?,
+                None => batch,
             };
             let mut start = 0;
             while start < keys.len() {

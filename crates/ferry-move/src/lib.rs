@@ -13,7 +13,7 @@ pub mod mapping;
 pub mod plan;
 pub mod run;
 
-pub use export::{ExportReport, ExportSpec, run_export};
+pub use export::{BatchMapper, ExportReport, ExportSpec, run_export, run_export_mapped};
 pub use files::FileFormat;
 pub use plan::{Endpoint, Mode, SourceSpec, TransferSpec};
 pub use run::{Progress, TransferReport, WatermarkStore, run_transfer};

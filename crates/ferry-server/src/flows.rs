@@ -386,7 +386,7 @@ pub async fn authorize_node(
                 *sql = with_placeholders(spec, sql);
             }
             e.filter = e.filter.map(|f| with_placeholders(spec, &f));
-            crate::transfers::authorize_source(
+            let mask = crate::transfers::authorize_source(
                 state,
                 caller,
                 &e.source,
@@ -394,6 +394,7 @@ pub async fn authorize_node(
                 "flow",
             )
             .await?;
+            crate::transfers::refuse_masked(&e.source, caller, mask)?;
             crate::transfers::authorize_location(caller, &e.url)
         }
         "cross_sql" => {
@@ -418,8 +419,11 @@ pub async fn authorize_node(
                                 schema: None,
                                 table,
                             });
-                            crate::transfers::authorize_source(state, caller, &src, None, "flow")
-                                .await?
+                            let mask = crate::transfers::authorize_source(
+                                state, caller, &src, None, "flow",
+                            )
+                            .await?;
+                            crate::transfers::refuse_masked(&src, caller, mask)?
                         }
                     }
                 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use ferry_core::{Error, Result};
 use ferry_meta::{MetaStore, TransferRecord, now_ms};
 use ferry_move::{
-    ExportSpec, Progress, SourceSpec, TransferSpec, WatermarkStore, run_export, run_transfer,
+    ExportSpec, Progress, SourceSpec, TransferSpec, WatermarkStore, run_export_mapped, run_transfer,
 };
 use serde::Serialize;
 
@@ -156,16 +156,16 @@ pub fn authorize_location(caller: &Caller, url: &str) -> Result<()> {
 }
 
 /// Checks that the caller may read a source: a table (`read`), a query (every statement a
-/// read they may run), a row filter (a read), and that nothing masked for them would leave.
+/// read they may run), a row filter (a read); returns the masking its rows need for them.
 pub async fn authorize_source(
     state: &SharedState,
     caller: &Caller,
     source: &SourceSpec,
     filter: Option<&str>,
     origin: &'static str,
-) -> Result<()> {
+) -> Result<Option<SourceMask>> {
     let (instance, database, sql) = match source {
-        SourceSpec::Files { url, .. } => return authorize_location(caller, url),
+        SourceSpec::Files { url, .. } => return authorize_location(caller, url).map(|_| None),
         SourceSpec::Table(e) => {
             let table = match &e.schema {
                 Some(s) => format!("{s}.{}", e.table),
@@ -204,15 +204,44 @@ pub async fn authorize_source(
         let mut lease = pool
             .acquire(ferry_core::Feature::System, database, "masking check")
             .await?;
-        if guard.mask_plan(lease.conn(), &sql).await?.plan.is_some() {
-            return Err(Error::PermissionDenied(format!(
-                "{} holds columns masked for user \"{}\": a user with the unmask permission can copy or export them; otherwise copy a query that leaves them out",
-                source.display(),
-                caller.user
-            )));
-        }
+        let check = guard.mask_plan(lease.conn(), &sql).await?;
+        return Ok(check.plan.map(|plan| SourceMask {
+            plan,
+            masker: guard.masker(),
+        }));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The masking a source needs for the caller: its plan by output column and the masker.
+pub struct SourceMask {
+    pub plan: ferry_guard::MaskPlan,
+    pub masker: ferry_guard::Masker,
+}
+
+impl ferry_move::BatchMapper for SourceMask {
+    fn schema(&self, source: &arrow::datatypes::SchemaRef) -> Result<arrow::datatypes::SchemaRef> {
+        crate::guard::masked_schema(&self.plan, source)
+    }
+    fn map(&self, batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+        crate::guard::apply_mask(&self.masker, &self.plan, &batch)
+    }
+    fn keeps(&self, index: usize) -> bool {
+        self.plan.columns.get(index).is_some_and(|m| m.is_none())
+    }
+}
+
+/// Refuses a source with columns masked for the caller where the data would leave unmasked
+/// (copies into tables, flows).
+pub fn refuse_masked(source: &SourceSpec, caller: &Caller, mask: Option<SourceMask>) -> Result<()> {
+    match mask {
+        Some(_) => Err(Error::PermissionDenied(format!(
+            "{} holds columns masked for user \"{}\": a user with the unmask permission can copy them; otherwise copy a query that leaves them out (exports are masked instead)",
+            source.display(),
+            caller.user
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks that the caller may read a transfer's source and write its target (`ddl` when it
@@ -223,7 +252,9 @@ pub async fn authorize_transfer(
     spec: &TransferSpec,
     origin: &'static str,
 ) -> Result<()> {
-    authorize_source(state, caller, &spec.source, spec.filter.as_deref(), origin).await?;
+    let mask =
+        authorize_source(state, caller, &spec.source, spec.filter.as_deref(), origin).await?;
+    refuse_masked(&spec.source, caller, mask)?;
     let wanted = if spec.create {
         Permission::Ddl
     } else {
@@ -274,7 +305,7 @@ pub async fn submit_export(
     spec: ExportSpec,
 ) -> Result<TransferDto> {
     spec.validate()?;
-    authorize_source(
+    let mask = authorize_source(
         state,
         caller,
         &spec.source,
@@ -283,6 +314,7 @@ pub async fn submit_export(
     )
     .await?;
     authorize_location(caller, &spec.url)?;
+    let mapper = mask.map(|m| Arc::new(m) as Arc<dyn ferry_move::BatchMapper>);
     let instance = spec
         .source
         .instance()
@@ -292,7 +324,7 @@ pub async fn submit_export(
     ferry_move::files::open_location(&spec.url, &spec.options)?;
     let job = JobSpec::Export(spec.clone());
     spawn_job(state, caller, &job, move |progress, _| async move {
-        let report = run_export(&spec, pool, progress).await?;
+        let report = run_export_mapped(&spec, pool, progress, mapper).await?;
         Ok((report.rows, serde_json::to_string(&report).ok()))
     })
     .await

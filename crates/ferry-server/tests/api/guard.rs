@@ -442,10 +442,27 @@ async fn a_viewer_sees_masked_phones_however_the_query_is_written() {
     })
     .await;
     assert!(!page.to_string().contains("555-0100"), "{page}");
-    // A copy of a masked table by a viewer is refused; an admin sees and copies in clear.
-    let dev = server.user("dev", &["developer"], &[]).await;
+    // An export is masked like a result; a copy into a table is refused (it would land in clear).
+    let dev = server.user("dev", &["developer"], &["instances"]).await;
+    let file = server.dir.path().join("customers.csv");
     let (s, v) = dev
-        .post("/api/v1/exports", json!({ "source": { "table": table("crm", "customers") }, "url": "s3://nowhere/x", "format": "csv" }))
+        .post("/api/v1/exports", json!({ "source": { "table": table("crm", "customers") }, "url": file.display().to_string(), "format": "csv" }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = wait_for("the export", 60, || async {
+        let (_, v) = dev.get(&format!("/api/v1/transfers/{id}")).await;
+        (v["status"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let csv = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        csv.contains("Ann") && csv.contains("0100") && !csv.contains("555-0100"),
+        "{csv}"
+    );
+    let (s, v) = dev
+        .post("/api/v1/transfers", json!({ "source": { "table": table("crm", "customers") }, "target": table("crm", "leak"), "create": true }))
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(message(&v).contains("masked"), "{v}");

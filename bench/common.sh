@@ -35,12 +35,23 @@ make_orders() {
   psql "$1" -q -c "vacuum analyze orders" >/dev/null
 }
 
-# start_ferry PORT: a Ferry server with its data in the scratch directory; sets FERRY_SERVER.
+# start_ferry PORT: a Ferry server with its data in the scratch directory, signed in as its first
+# administrator; sets FERRY_SERVER and FERRY_TOKEN.
 start_ferry() {
-  "$bin/ferry" serve --listen "127.0.0.1:$1" --data-dir "$work/data" 2>"$work/serve.log" &
+  local password
+  password="bench-$(date +%s%N)"
+  FERRY_ADMIN_PASSWORD="$password" "$bin/ferry" serve --listen "127.0.0.1:$1" --data-dir "$work/data" 2>"$work/serve.log" &
   server_pid=$!
-  export FERRY_SERVER="http://127.0.0.1:$1"
-  for _ in $(seq 1 100); do "$bin/ferry" instance list >/dev/null 2>&1 && return 0; sleep 0.1; done
+  export FERRY_SERVER="http://127.0.0.1:$1" FERRY_CONFIG_DIR="$work/config"
+  for _ in $(seq 1 100); do
+    if FERRY_PASSWORD="$password" "$bin/ferry" login --user admin >/dev/null 2>&1; then
+      FERRY_TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["token"])' \
+        "$work/config/credentials.json" "$FERRY_SERVER")
+      export FERRY_TOKEN
+      return 0
+    fi
+    sleep 0.1
+  done
   echo "ferry serve did not start: $(cat "$work/serve.log")" >&2
   return 1
 }

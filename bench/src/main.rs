@@ -33,7 +33,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("direct connection")?;
     tokio::spawn(conn);
-    let http = reqwest::Client::new();
+    // Signed in with the token `start_ferry` (bench/common.sh) exports.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("FERRY_TOKEN") {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().context("FERRY_TOKEN")?,
+        );
+    }
+    let http = reqwest::Client::builder().default_headers(headers).build()?;
     let session: serde_json::Value = http
         .post(format!("{ferry}/api/v1/sessions"))
         .json(&json!({ "instance": instance }))

@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
             format!("Bearer {token}").parse().context("FERRY_TOKEN")?,
         );
     }
-    let http = reqwest::Client::builder().default_headers(headers).build()?;
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let session: serde_json::Value = http
         .post(format!("{ferry}/api/v1/sessions"))
         .json(&json!({ "instance": instance }))

@@ -313,6 +313,18 @@ impl SqlStore {
             .map_err(unreachable)?;
         let _ = sqlx::Connection::close(probe).await;
         let pool = AnyPoolOptions::new()
+            // In WAL mode NORMAL keeps every commit across a crash of the process and syncs at
+            // checkpoints, so a commit (an audit entry per statement) costs no fsync.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == "sqlite" {
+                        sqlx::raw_sql("pragma synchronous = normal")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(if backend == "sqlite" { 4 } else { 10 })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(url)

@@ -357,6 +357,10 @@ pub async fn instance_environment(state: &SharedState, name: &str) -> Result<Opt
     if name == ferry_query::ARCHIVE_INSTANCE {
         return Ok(Some("archive".into()));
     }
+    if let Some(env) = state.policies.get(state).await?.environments.get(name) {
+        return Ok(Some(env.clone()));
+    }
+    // Registered through another node within the last second.
     Ok(state.meta.get_instance(name).await?.map(|r| r.environment))
 }
 
@@ -565,7 +569,13 @@ pub async fn middleware(State(state): State<SharedState>, req: Request, next: Ne
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
     let status = response.status();
-    if method != Method::GET && method != Method::HEAD {
+    // Statements are audited one by one (with class, rows and rule decisions) by the guard;
+    // an entry per request beside them would only double the writes on the hot path.
+    let audited_by_statement = matches!(
+        path.as_str(),
+        "/api/v1/instances/{name}/sql" | "/api/v1/sessions/{id}/sql"
+    );
+    if method != Method::GET && method != Method::HEAD && !audited_by_statement {
         crate::audit::record(
             &state,
             AuditRecord {

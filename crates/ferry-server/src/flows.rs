@@ -398,6 +398,18 @@ pub async fn authorize_node(
             crate::transfers::authorize_location(caller, &e.url)
         }
         "cross_sql" => {
+            // The federated query itself runs in Ferry (DataFusion): it may only read, since
+            // DataFusion's COPY TO and CREATE EXTERNAL TABLE reach the server's files.
+            let federated = with_placeholders(spec, &text(p, "sql").unwrap_or_default());
+            for c in ferry_guard::classify_script(ferry_core::Engine::Archive, &federated) {
+                if c.class != ferry_guard::StatementClass::Read {
+                    return Err(Error::PermissionDenied(format!(
+                        "a cross_sql query may only read; this one is {}: {}",
+                        c.class.as_str(),
+                        c.text
+                    )));
+                }
+            }
             if let Some(sources) = p.get("sources").and_then(|v| v.as_object()) {
                 for source in sources.values() {
                     let instance = text(source, "instance").unwrap_or_default();

@@ -79,6 +79,56 @@ pub fn check_scope(scope: &str) -> Result<()> {
     }
 }
 
+/// SQL rules, masking rules and instance environments, read from the store at most once a
+/// second per node (every statement needs them); changes made through this node are seen at
+/// once, changes through another node within a second.
+#[derive(Default)]
+pub struct PolicyCache {
+    current: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Policies>)>>,
+}
+
+/// One reading of the store's policies.
+pub struct Policies {
+    pub rules: Vec<ferry_meta::SqlRuleRecord>,
+    pub masks: Vec<MaskRuleRecord>,
+    pub environments: std::collections::HashMap<String, String>,
+}
+
+const POLICY_TTL: Duration = Duration::from_secs(1);
+
+impl PolicyCache {
+    pub async fn get(&self, state: &SharedState) -> Result<std::sync::Arc<Policies>> {
+        if let Some((at, p)) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && at.elapsed() < POLICY_TTL
+        {
+            return Ok(p.clone());
+        }
+        let fresh = std::sync::Arc::new(Policies {
+            rules: state.meta.list_sql_rules().await?,
+            masks: state.meta.list_mask_rules().await?,
+            environments: state
+                .meta
+                .list_instances()
+                .await?
+                .into_iter()
+                .map(|i| (i.name, i.environment))
+                .collect(),
+        });
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    /// Forgets the reading, after a change through this node.
+    pub fn invalidate(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// The rules of an instance: defaults for its environment, then `env:` settings, then
 /// `instance:` settings, each overriding the one before.
 pub async fn rules_for(state: &SharedState, instance: &str, environment: &str) -> Result<Rules> {
@@ -90,7 +140,8 @@ pub async fn rules_for(state: &SharedState, instance: &str, environment: &str) -
     } else {
         vec![]
     };
-    let stored = state.meta.list_sql_rules().await?;
+    let policies = state.policies.get(state).await?;
+    let stored = &policies.rules;
     for scope in [format!("env:{environment}"), format!("instance:{instance}")] {
         for r in stored.iter().filter(|r| r.scope == scope) {
             values.retain(|(k, _)| k != &r.rule);
@@ -192,10 +243,12 @@ impl Guard {
             vec![]
         } else {
             state
-                .meta
-                .list_mask_rules()
+                .policies
+                .get(state)
                 .await?
-                .into_iter()
+                .masks
+                .iter()
+                .cloned()
                 .filter(|m| {
                     m.scope == "*"
                         || m.scope == format!("env:{environment}")

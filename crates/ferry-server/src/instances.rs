@@ -254,6 +254,7 @@ pub async fn add(
         updated_at_ms: now,
     };
     state.meta.insert_instance(&rec).await?;
+    state.policies.invalidate();
     tracing::info!(instance = %name, engine = %url.engine(), url = %url, "instance registered");
     Ok((dto(&rec, None)?, info))
 }
@@ -280,12 +281,14 @@ pub async fn update(state: &SharedState, name: &str, req: UpdateInstance) -> Res
     rec.settings = serde_json::to_string(&settings).map_err(|e| Error::Internal(e.to_string()))?;
     rec.updated_at_ms = now_ms();
     state.meta.update_instance(&rec).await?;
+    state.policies.invalidate();
     // New work uses the new settings; leases already held finish on the old pool.
     state.instances.forget(name);
     dto(&rec, None)
 }
 
 pub async fn remove(state: &SharedState, name: &str) -> Result<()> {
+    state.policies.invalidate();
     if !state.meta.delete_instance(name).await? {
         return Err(not_registered(name));
     }

@@ -87,6 +87,7 @@ pub async fn set_rule(
         updated_at_ms: now_ms(),
     };
     state.meta.set_sql_rule(&rec).await?;
+    state.policies.invalidate();
     guard::audit_event(
         &state,
         &caller,
@@ -107,6 +108,7 @@ pub async fn remove_rule(
             Error::InvalidInput("give scope and rule of the setting to remove".into()).into(),
         );
     };
+    state.policies.invalidate();
     if !state.meta.delete_sql_rule(&scope, &rule).await? {
         return Err(Error::NotFound(format!("no setting of {rule} for {scope}")).into());
     }
@@ -158,6 +160,7 @@ pub async fn add_mask(
         created_at_ms: now_ms(),
     };
     state.meta.insert_mask_rule(&rec).await?;
+    state.policies.invalidate();
     guard::audit_event(
         &state,
         &caller,
@@ -179,6 +182,7 @@ pub async fn remove_mask(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    state.policies.invalidate();
     if !state.meta.delete_mask_rule(&id).await? {
         return Err(Error::NotFound(format!("no masking rule {id}")).into());
     }

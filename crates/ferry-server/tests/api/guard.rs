@@ -824,6 +824,14 @@ async fn a_flow_runs_with_its_owners_grants_checked_at_save_and_at_each_run() {
     assert!(message(&v).contains("node \"purge\""), "{v}");
     let (s, v) = dev.post("/api/v1/flows", flow("dev")).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A federated query runs inside Ferry: it may only read (DataFusion's COPY TO writes files).
+    let cross = json!({ "spec": { "name": "fed", "nodes": [{ "id": "c", "kind": "cross_sql",
+        "params": { "sources": { "e": { "instance": "dev", "table": "events" } },
+                    "sql": "COPY (select * from e) TO '/tmp/ferry-cross.csv'",
+                    "output": { "url": "s3://bucket/x.csv", "format": "csv" } } }] } });
+    let (s, v) = dev.post("/api/v1/flows", cross).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).contains("may only read"), "{v}");
     let (s, v) = dev.post("/api/v1/flows/purge/runs", json!({})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();

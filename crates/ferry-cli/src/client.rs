@@ -69,7 +69,7 @@ impl Client {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or(text);
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+        if status == reqwest::StatusCode::UNAUTHORIZED && !message.contains("ferry login") {
             bail!("{message} (HTTP 401); sign in with `ferry login --user NAME` or set FERRY_TOKEN")
         }
         bail!("{message} (HTTP {})", status.as_u16())

@@ -248,12 +248,12 @@ impl Guard {
                 .await?
                 .masks
                 .iter()
-                .cloned()
                 .filter(|m| {
                     m.scope == "*"
                         || m.scope == format!("env:{environment}")
                         || m.scope == format!("instance:{instance}")
                 })
+                .cloned()
                 .collect()
         };
         Ok(Guard {

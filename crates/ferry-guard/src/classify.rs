@@ -83,6 +83,10 @@ pub struct Classified {
 /// write. The whole script is parsed at once; if that fails, each top-level statement is parsed
 /// separately, and only the ones that fail are `Unknown`. Redis scripts are read line by line.
 pub fn classify_script(engine: Engine, script: &str) -> Vec<Classified> {
+    crate::sql::with_big_stack(|| classify_script_here(engine, script))
+}
+
+fn classify_script_here(engine: Engine, script: &str) -> Vec<Classified> {
     if engine == Engine::Redis {
         return script
             .lines()

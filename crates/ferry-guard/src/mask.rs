@@ -97,6 +97,10 @@ impl MaskPlan {
 /// names — in CTEs, subqueries, joins, set operations and scalar subqueries too — so the
 /// caller can fetch their columns before planning. CTE names are not tables.
 pub fn referenced_tables(engine: Engine, sql: &str) -> Result<Vec<Vec<String>>> {
+    crate::sql::with_big_stack(|| referenced_tables_here(engine, sql))
+}
+
+fn referenced_tables_here(engine: Engine, sql: &str) -> Result<Vec<Vec<String>>> {
     let statements = parse(engine, sql)
         .map_err(|e| Error::InvalidInput(format!("could not parse the query: {e}")))?;
     let found = collect(&statements);
@@ -118,7 +122,15 @@ pub fn referenced_tables(engine: Engine, sql: &str) -> Result<Vec<Vec<String>>> 
 pub fn plan_masking(
     engine: Engine,
     sql: &str,
-    catalog: &dyn Fn(&[String]) -> Option<Vec<ColumnInfo>>,
+    catalog: &(dyn Fn(&[String]) -> Option<Vec<ColumnInfo>> + Sync),
+) -> Result<MaskPlan> {
+    crate::sql::with_big_stack(|| plan_masking_here(engine, sql, catalog))
+}
+
+fn plan_masking_here(
+    engine: Engine,
+    sql: &str,
+    catalog: &(dyn Fn(&[String]) -> Option<Vec<ColumnInfo>> + Sync),
 ) -> Result<MaskPlan> {
     let statements = parse(engine, sql)
         .map_err(|e| Error::InvalidInput(format!("could not parse the query: {e}")))?;

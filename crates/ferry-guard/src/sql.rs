@@ -286,6 +286,36 @@ impl LineOffsets {
     }
 }
 
+/// Runs `f` on a thread with a large stack. Deep SQL makes the parser and the planners recurse,
+/// and a stack overflow aborts the whole process (it cannot be caught like a panic). The stack
+/// is reserved address space, committed only as far as it is used. When no thread can be
+/// started, `f` runs on the caller's stack.
+pub(crate) fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    const STACK: usize = 256 << 20;
+    let work = std::sync::Mutex::new(Some(f));
+    let take = || work.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let started = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("ferry-guard".into())
+            .stack_size(STACK)
+            .spawn_scoped(scope, || take().map(|f| f()));
+        match spawned {
+            Ok(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            Err(_) => None,
+        }
+    });
+    match started {
+        Some(result) => result,
+        None => match take() {
+            Some(f) => f(),
+            None => unreachable!("the work ran on the big-stack thread or not at all"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,35 +357,5 @@ mod tests {
             "select 'unterminated; x",
             &["select 'unterminated; x"],
         );
-    }
-}
-
-/// Runs `f` on a thread with a large stack. Deep SQL makes the parser and the planners recurse,
-/// and a stack overflow aborts the whole process (it cannot be caught like a panic). The stack
-/// is reserved address space, committed only as far as it is used. When no thread can be
-/// started, `f` runs on the caller's stack.
-pub(crate) fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    const STACK: usize = 256 << 20;
-    let work = std::sync::Mutex::new(Some(f));
-    let take = || work.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let started = std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
-            .name("ferry-guard".into())
-            .stack_size(STACK)
-            .spawn_scoped(scope, || take().map(|f| f()));
-        match spawned {
-            Ok(handle) => match handle.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            },
-            Err(_) => None,
-        }
-    });
-    match started {
-        Some(result) => result,
-        None => match take() {
-            Some(f) => f(),
-            None => unreachable!("the work ran on the big-stack thread or not at all"),
-        },
     }
 }

@@ -87,10 +87,29 @@ pub struct PolicyCache {
     current: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Policies>)>>,
 }
 
+/// A masking rule with its column pattern compiled once per reading, not per statement.
+#[derive(Clone)]
+pub struct MaskRule {
+    pub record: MaskRuleRecord,
+    /// For rules without a table: the column-name pattern (`None` if it does not compile; such
+    /// rules are refused when saved, so this only guards older rows).
+    pattern: Option<regex::Regex>,
+}
+
+impl MaskRule {
+    fn new(record: MaskRuleRecord) -> MaskRule {
+        let pattern = match record.table {
+            None => name_pattern(&record.column).ok(),
+            Some(_) => None,
+        };
+        MaskRule { record, pattern }
+    }
+}
+
 /// One reading of the store's policies.
 pub struct Policies {
     pub rules: Vec<ferry_meta::SqlRuleRecord>,
-    pub masks: Vec<MaskRuleRecord>,
+    pub masks: Vec<MaskRule>,
     pub environments: std::collections::HashMap<String, String>,
 }
 
@@ -109,7 +128,13 @@ impl PolicyCache {
         }
         let fresh = std::sync::Arc::new(Policies {
             rules: state.meta.list_sql_rules().await?,
-            masks: state.meta.list_mask_rules().await?,
+            masks: state
+                .meta
+                .list_mask_rules()
+                .await?
+                .into_iter()
+                .map(MaskRule::new)
+                .collect(),
             environments: state
                 .meta
                 .list_instances()
@@ -216,7 +241,7 @@ pub struct Guard {
     pub origin: &'static str,
     pub rules: Rules,
     /// Masking rules that apply here; empty when the caller may see columns in clear.
-    masks: Vec<MaskRuleRecord>,
+    masks: Vec<MaskRule>,
     /// Set when running an approved statement: the `ddl-approval` rule is satisfied for it.
     approved: Option<(String, String)>,
 }
@@ -249,9 +274,10 @@ impl Guard {
                 .masks
                 .iter()
                 .filter(|m| {
-                    m.scope == "*"
-                        || m.scope == format!("env:{environment}")
-                        || m.scope == format!("instance:{instance}")
+                    let scope = &m.record.scope;
+                    scope == "*"
+                        || *scope == format!("env:{environment}")
+                        || *scope == format!("instance:{instance}")
                 })
                 .cloned()
                 .collect()
@@ -521,13 +547,14 @@ impl Guard {
             .last()
             .map(|t| t.to_ascii_lowercase())
             .unwrap_or_default();
-        self.masks.iter().find_map(|m| {
+        self.masks.iter().find_map(|rule| {
+            let m = &rule.record;
             let hit = match &m.table {
                 Some(t) => {
                     let t = t.to_ascii_lowercase();
                     (t == dotted || t == bare) && m.column.eq_ignore_ascii_case(column)
                 }
-                None => regex_lite_match(&m.column, column),
+                None => rule.pattern.as_ref().is_some_and(|re| re.is_match(column)),
             };
             if hit { m.algorithm.parse().ok() } else { None }
         })
@@ -539,14 +566,8 @@ impl Guard {
     }
 }
 
-/// Matches a column name against a masking pattern: a case-insensitive regular expression
-/// anchored at both ends (`.*phone.*`, `ssn|tax_id`). An invalid pattern matches nothing (it
-/// is refused when the rule is saved).
-pub fn regex_lite_match(pattern: &str, name: &str) -> bool {
-    name_pattern(pattern).is_ok_and(|re| re.is_match(name))
-}
-
-/// Compiles a column-name pattern, naming what is wrong with it.
+/// Compiles a column-name pattern (a case-insensitive regular expression anchored at both ends:
+/// `.*phone.*`, `ssn|tax_id`), naming what is wrong with it.
 pub fn name_pattern(pattern: &str) -> Result<regex::Regex> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .case_insensitive(true)
